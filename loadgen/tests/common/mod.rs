@@ -1,0 +1,180 @@
+//! A deliberately misbehaving HTTP/1.1 test server.
+//!
+//! Each [`Behavior`] reproduces one way a real server can end a request, and
+//! the server counts what it did (answered, dropped, ...) so tests can check
+//! the generator's numbers against the server's, request for request.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// What the server does with each request.
+#[derive(Clone, Copy, Debug)]
+pub enum Behavior {
+    /// Keep-alive `200 OK` with a small body, forever.
+    Normal,
+    /// On every connection, answer `n - 1` requests, then read the `n`th
+    /// completely and close the connection without answering it.
+    DropEvery(u64),
+    /// On every connection, the `n`th response carries `Connection: close`
+    /// and the server closes after sending it.
+    CloseEvery(u64),
+    /// Read requests, never answer.
+    Stall,
+    /// Answer after this delay.
+    Delay(Duration),
+    /// Send a head promising 100 bytes, 10 bytes of body, then close.
+    MidBody,
+    /// Answer with a chunked body.
+    Chunked,
+    /// Answer `503` with a body.
+    Unavailable,
+}
+
+/// What the server did.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Connections accepted.
+    pub accepted: AtomicU64,
+    /// Requests read completely.
+    pub requests: AtomicU64,
+    /// Requests answered with a complete response.
+    pub answered: AtomicU64,
+    /// Requests read and then dropped by closing the connection.
+    pub dropped: AtomicU64,
+    /// Requests that carried `Connection: close`.
+    pub close_requested: AtomicU64,
+}
+
+impl Stats {
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::SeqCst)
+    }
+}
+
+/// A running test server.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub stats: Arc<Stats>,
+}
+
+/// Starts a TCP server with `behavior` on an ephemeral loopback port.
+pub async fn serve(behavior: Behavior) -> Server {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let stats = Arc::new(Stats::default());
+    let s = stats.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            s.accepted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(handle(stream, behavior, s.clone()));
+        }
+    });
+    Server { addr, stats }
+}
+
+/// Serves one connection according to `behavior`.
+pub async fn handle<S>(mut stream: S, behavior: Behavior, stats: Arc<Stats>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut buf = Vec::with_capacity(4096);
+    let mut n = 0u64;
+    loop {
+        let Some(close_requested) = read_request(&mut stream, &mut buf).await else {
+            return;
+        };
+        n += 1;
+        stats.requests.fetch_add(1, Ordering::SeqCst);
+        if close_requested {
+            stats.close_requested.fetch_add(1, Ordering::SeqCst);
+        }
+        let body = "hello, world\n";
+        let response = match behavior {
+            Behavior::Normal => ok_response(body, false),
+            Behavior::DropEvery(every) if n % every == 0 => {
+                // Counted before closing: the client may see EOF at once.
+                stats.dropped.fetch_add(1, Ordering::SeqCst);
+                let _ = stream.shutdown().await;
+                return;
+            }
+            Behavior::DropEvery(_) => ok_response(body, false),
+            Behavior::CloseEvery(every) => ok_response(body, n % every == 0),
+            Behavior::Stall => {
+                std::future::pending::<()>().await;
+                unreachable!()
+            }
+            Behavior::Delay(d) => {
+                tokio::time::sleep(d).await;
+                ok_response(body, false)
+            }
+            Behavior::MidBody => {
+                let _ = stream
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nx-pid: 4242\r\nContent-Length: 100\r\n\r\n0123456789",
+                    )
+                    .await;
+                let _ = stream.shutdown().await;
+                return;
+            }
+            Behavior::Chunked => {
+                "HTTP/1.1 200 OK\r\nx-pid: 4242\r\nTransfer-Encoding: chunked\r\n\r\n\
+                 5\r\nhello\r\n7\r\n, world\r\n0\r\n\r\n"
+                    .to_owned()
+            }
+            Behavior::Unavailable => {
+                "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy".to_owned()
+            }
+        };
+        // Counted before writing, so the count can never lag behind what a
+        // client has already received.
+        stats.answered.fetch_add(1, Ordering::SeqCst);
+        if stream.write_all(response.as_bytes()).await.is_err() {
+            return;
+        }
+        if close_requested || response.contains("Connection: close") {
+            let _ = stream.shutdown().await;
+            return;
+        }
+    }
+}
+
+fn ok_response(body: &str, close: bool) -> String {
+    format!(
+        "HTTP/1.1 200 OK\r\nx-pid: 4242\r\nContent-Length: {}\r\n{}\r\n{body}",
+        body.len(),
+        if close { "Connection: close\r\n" } else { "" }
+    )
+}
+
+/// Reads one request head (GET, no body). Returns whether it asked for
+/// `Connection: close`, or `None` at EOF or error.
+async fn read_request<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> Option<bool> {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            buf.drain(..end + 4);
+            return Some(head.contains("\r\nconnection: close"));
+        }
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// A loopback address on which nothing listens (bound once, then released).
+pub fn refused_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("local addr")
+}
