@@ -1,0 +1,393 @@
+//! The server: accept loops, connections, reloads and the zero-drop drain.
+//!
+//! [`run`] is the one entry point for every way the service starts — sockets from systemd,
+//! self-bound sockets, tests: the caller brings listeners and a stream of [`Request`]s and
+//! decides where they come from.
+//!
+//! ## Why the drain drops nothing
+//!
+//! The usual graceful shutdown (hyper's `graceful_shutdown` on every connection at once) closes
+//! idle keep-alive connections immediately, racing the client's next request, which then fails.
+//! Here, when the drain starts:
+//!
+//! 1. accept loops stop and drop their listeners — under systemd the socket stays open in the
+//!    socket unit, so new connections wait in the kernel backlog for the next process;
+//! 2. every response from now on carries `Connection: close` (see `app`), so a busy HTTP/1
+//!    connection ends cleanly right after its next response, and the client knows not to reuse it;
+//! 3. idle HTTP/1 connections keep reading for `shutdown.linger`, so a request already on its
+//!    way is answered rather than cut; only connections still idle after that are closed;
+//! 4. HTTP/2 connections get GOAWAY at once: the protocol tells clients which streams were
+//!    processed, so nothing is lost;
+//! 5. `shutdown.drain_timeout` bounds it all.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use axum::Router;
+use axum::http::Version;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tower::ServiceExt;
+
+use crate::app::{self, Peer};
+use crate::config::Config;
+use crate::drain::{Drain, Watch};
+use crate::listeners::{Listener, Named, serves_http};
+use crate::metrics::Metrics;
+use crate::notify::{self, Notifier};
+use crate::reload::{Outcome, Reloader};
+use crate::signals::Request;
+
+/// Extra stop time asked of systemd beyond the drain deadline, for logging and exit.
+const STOP_MARGIN: Duration = Duration::from_secs(5);
+/// Pause after a failed `accept` (e.g. out of fds) so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// How long a connection over `http.max_connections` may take to read its `503`.
+const REJECT_LINGER: Duration = Duration::from_secs(1);
+
+/// One configuration generation, ready to serve: what a connection needs, swapped as a whole.
+#[derive(Debug)]
+pub struct Live {
+    /// The configuration.
+    pub config: Config,
+    /// Its generation: 1 at start, +1 per applied reload.
+    pub generation: u64,
+    /// The application built from it.
+    router: Router,
+    /// Connection settings (timeouts, header limits) built from it.
+    builder: auto::Builder<TokioExecutor>,
+}
+
+impl Live {
+    /// Builds the application and connection settings for `config`.
+    pub fn new(config: Config, generation: u64, metrics: Arc<Metrics>) -> Self {
+        let router = app::router(&config, generation, metrics);
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.http.header_read_timeout)
+            .max_buf_size(config.http.max_header_bytes);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(config.http.max_header_bytes).unwrap_or(u32::MAX));
+        Live {
+            config,
+            generation,
+            router,
+            builder,
+        }
+    }
+}
+
+/// How [`run`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Every connection finished before the deadline.
+    Drained,
+    /// The deadline passed; this many connections were cut.
+    DeadlineReached {
+        /// Connections still open at the deadline.
+        cut: usize,
+    },
+    /// An immediate exit was requested.
+    Exited,
+}
+
+/// Serves `listeners` until a [`Request::Drain`] (or the end of `requests`) has been carried
+/// out, or a [`Request::Exit`] arrives.
+///
+/// Sends `READY=1` once every listener is being served, `RELOADING=1`/`READY=1` around each
+/// reload, and `STOPPING=1` when the drain starts.
+pub async fn run(
+    listeners: Vec<Named>,
+    mut reloader: Reloader,
+    mut requests: mpsc::Receiver<Request>,
+) -> Stopped {
+    let notifier = Arc::new(Notifier::new());
+    let metrics = reloader.metrics();
+    let mut drain = Drain::new();
+    let mut serving = Vec::new();
+    for Named { name, listener } in listeners {
+        if !serves_http(&name) {
+            tracing::warn!(socket = %name, address = %listener, "ignoring socket: only `http` is served");
+            continue;
+        }
+        tracing::info!(socket = %name, address = %listener, "listening");
+        serving.push(format!("{name} ({listener})"));
+        let watch = drain.watch();
+        let live = reloader.live();
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            if let Some(watch) = watch {
+                accept_loop(listener, live, metrics, watch).await;
+            }
+        });
+    }
+    let serving = serving.join(", ");
+    if let Some(interval) = notify::watchdog_interval() {
+        tracing::info!(
+            interval_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
+            "watchdog enabled"
+        );
+        tokio::spawn(notify::watchdog(notifier.clone(), interval));
+    }
+    let generation = reloader.live().load().generation;
+    notifier.ready(&format!(
+        "serving on {serving}; config generation {generation}"
+    ));
+    tracing::info!(generation, pid = std::process::id(), "ready");
+
+    // Serve until asked to stop, reloading on request.
+    let mut deferred = None;
+    loop {
+        let request = match deferred.take() {
+            Some(request) => Some(request),
+            None => requests.recv().await,
+        };
+        match request {
+            Some(Request::Reload) => {
+                deferred = reload(&mut reloader, &notifier, &serving, &mut requests);
+            }
+            Some(Request::Drain) | None => break,
+            Some(Request::Exit) => {
+                tracing::warn!(
+                    open_connections = metrics.open_connections(),
+                    "exiting at once on request"
+                );
+                return Stopped::Exited;
+            }
+        }
+    }
+
+    // Drain.
+    let deadline = reloader.live().load().config.shutdown.drain_timeout;
+    metrics.set_draining();
+    let open = metrics.open_connections();
+    notifier.stopping(&format!("draining {open} connections"));
+    notifier.extend_timeout(deadline + STOP_MARGIN);
+    tracing::info!(
+        open_connections = open,
+        deadline_ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
+        "draining"
+    );
+    let started = tokio::time::Instant::now();
+    let exit_requested = async {
+        while let Some(request) = requests.recv().await {
+            if request == Request::Exit {
+                return;
+            }
+        }
+        std::future::pending::<()>().await;
+    };
+    tokio::select! {
+        finished = drain.finish(deadline) => match finished {
+            Ok(()) => {
+                tracing::info!(elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX), "drained");
+                Stopped::Drained
+            }
+            Err(_) => {
+                let cut = metrics.open_connections();
+                tracing::warn!(open_connections = cut, "drain deadline reached; closing the remaining connections");
+                Stopped::DeadlineReached { cut }
+            }
+        },
+        () = exit_requested => {
+            tracing::warn!(open_connections = metrics.open_connections(), "exiting at once on request during the drain");
+            Stopped::Exited
+        }
+    }
+}
+
+/// Carries out one reload, then one more if more were requested meanwhile (any number of
+/// `SIGHUP`s during a reload coalesce into one). Returns a non-reload request it came across.
+fn reload(
+    reloader: &mut Reloader,
+    notifier: &Notifier,
+    serving: &str,
+    requests: &mut mpsc::Receiver<Request>,
+) -> Option<Request> {
+    loop {
+        notifier.reloading();
+        let status = match reloader.reload() {
+            Outcome::Applied {
+                generation,
+                on_restart,
+            } if on_restart.is_empty() => {
+                format!("serving on {serving}; config generation {generation}")
+            }
+            Outcome::Applied {
+                generation,
+                on_restart,
+            } => format!(
+                "serving on {serving}; config generation {generation}; takes effect on restart: {}",
+                on_restart.join(", ")
+            ),
+            Outcome::Failed { generation, error } => {
+                format!(
+                    "serving on {serving}; config generation {generation}; reload failed: {error}"
+                )
+            }
+        };
+        // READY=1 ends the reload in systemd's eyes, also after a failure.
+        notifier.ready(&status);
+
+        let mut again = false;
+        while let Ok(request) = requests.try_recv() {
+            match request {
+                Request::Reload => again = true,
+                other => return Some(other),
+            }
+        }
+        if !again {
+            return None;
+        }
+    }
+}
+
+/// Accepts connections until the drain starts, then drops the listener.
+async fn accept_loop(
+    listener: Listener,
+    live: Arc<ArcSwap<Live>>,
+    metrics: Arc<Metrics>,
+    mut watch: Watch,
+) {
+    loop {
+        let accepted = tokio::select! {
+            () = watch.started() => return,
+            accepted = accept(&listener) => accepted,
+        };
+        let (io, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Usually EMFILE or a connection reset before accept: neither is fatal.
+                tracing::warn!(%error, address = %listener, "accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let limit = live.load().config.http.max_connections;
+        if metrics.open_connections() >= limit {
+            metrics.rejected();
+            tracing::debug!(
+                peer = &*peer.0,
+                limit,
+                "over http.max_connections; answering 503"
+            );
+            tokio::spawn(reject(io));
+            continue;
+        }
+        metrics.connection_opened();
+        let (live, metrics, watch) = (live.clone(), metrics.clone(), watch.clone());
+        tokio::spawn(async move {
+            serve(io, peer, live, watch).await;
+            metrics.connection_closed();
+        });
+    }
+}
+
+/// An accepted stream of either kind.
+enum Stream {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn accept(listener: &Listener) -> std::io::Result<(Stream, Peer)> {
+    match listener {
+        Listener::Tcp(l) => {
+            let (stream, addr) = l.accept().await?;
+            // Small responses must not wait for Nagle's algorithm.
+            let _ = stream.set_nodelay(true);
+            Ok((Stream::Tcp(stream), Peer(addr.to_string().into())))
+        }
+        Listener::Unix(l) => {
+            let (stream, _) = l.accept().await?;
+            Ok((Stream::Unix(stream), Peer("unix".into())))
+        }
+    }
+}
+
+/// Serves one connection until it ends, the drain closes it, or the process exits.
+async fn serve(io: Stream, peer: Peer, live: Arc<ArcSwap<Live>>, watch: Watch) {
+    match io {
+        Stream::Tcp(io) => serve_io(io, peer, live, watch).await,
+        Stream::Unix(io) => serve_io(io, peer, live, watch).await,
+    }
+}
+
+async fn serve_io<I>(io: I, peer: Peer, live: Arc<ArcSwap<Live>>, mut watch: Watch)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // Connection settings come from the generation current at accept time; each request
+    // then picks the generation current when it arrives.
+    let settings = live.load_full();
+    let http2 = Arc::new(AtomicBool::new(false));
+    let service = {
+        let (http2, peer) = (http2.clone(), peer.clone());
+        hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            if request.version() == Version::HTTP_2 {
+                http2.store(true, Ordering::Relaxed);
+            }
+            request.extensions_mut().insert(peer.clone());
+            live.load().router.clone().oneshot(request)
+        })
+    };
+    let connection = settings.builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+
+    let finished = tokio::select! {
+        result = connection.as_mut() => Some(result),
+        () = watch.started() => None,
+    };
+    let result = match finished {
+        Some(result) => result,
+        None if http2.load(Ordering::Relaxed) => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+        None => {
+            // HTTP/1: let a request already on its way arrive and be answered (with
+            // `Connection: close`), then close what is still idle.
+            let linger = settings.config.shutdown.linger;
+            match tokio::time::timeout(linger, connection.as_mut()).await {
+                Ok(result) => result,
+                Err(_) => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            }
+        }
+    };
+    if let Err(error) = result {
+        // Mostly clients going away or header timeouts: worth a debug line, not more.
+        tracing::debug!(peer = &*peer.0, %error, "connection ended with an error");
+    }
+}
+
+/// Answers a connection over the limit with `503` and closes it gently: half-close, then read
+/// what the client sent, so the kernel does not reset the connection and eat the response.
+async fn reject(io: Stream) {
+    match io {
+        Stream::Tcp(io) => reject_io(io).await,
+        Stream::Unix(io) => reject_io(io).await,
+    }
+}
+
+async fn reject_io<I: AsyncRead + AsyncWrite + Unpin>(mut io: I) {
+    const RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-type: text/plain\r\ncontent-length: 20\r\nretry-after: 1\r\n\r\ntoo many connections";
+    let _ = tokio::time::timeout(REJECT_LINGER, async {
+        io.write_all(RESPONSE).await?;
+        io.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        while io.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+}

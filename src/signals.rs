@@ -1,0 +1,59 @@
+//! Unix signals, turned into [`Request`]s for the server.
+//!
+//! | signal | request |
+//! |---|---|
+//! | `SIGHUP` | [`Request::Reload`] |
+//! | `SIGTERM`, first `SIGINT` | [`Request::Drain`] |
+//! | `SIGQUIT`, second `SIGINT` | [`Request::Exit`] |
+//!
+//! Handlers are installed by [`listen`] before the service reports `READY=1`: `SIGHUP`'s default
+//! action kills the process, so a reload sent right after start must find a handler.
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+
+/// What the outside world asks of a running server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    /// Load the configuration again and apply it.
+    Reload,
+    /// Stop accepting, drain every connection, exit 0.
+    Drain,
+    /// Exit now, cutting open connections.
+    Exit,
+}
+
+/// Installs the handlers and returns the stream of requests.
+///
+/// Must be called inside the tokio runtime. Fails only if a handler cannot be installed.
+pub fn listen() -> std::io::Result<mpsc::Receiver<Request>> {
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut quit = signal(SignalKind::quit())?;
+    // Small on purpose: the server coalesces reloads, and a full queue only ever holds requests
+    // the server will see anyway.
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        let mut interrupted = false;
+        loop {
+            let request = tokio::select! {
+                Some(()) = hup.recv() => Request::Reload,
+                Some(()) = term.recv() => Request::Drain,
+                Some(()) = quit.recv() => Request::Exit,
+                Some(()) = int.recv() => {
+                    // Ctrl-C once drains; impatient Ctrl-C again exits.
+                    let request = if interrupted { Request::Exit } else { Request::Drain };
+                    interrupted = true;
+                    request
+                }
+                else => break,
+            };
+            tracing::debug!(?request, "signal received");
+            if tx.send(request).await.is_err() {
+                break;
+            }
+        }
+    });
+    Ok(rx)
+}

@@ -1,0 +1,275 @@
+//! A harness that plays systemd for the real `seamless` binary: it holds the listening socket
+//! across service processes, passes it as fd 3 with `LISTEN_FDS`/`LISTEN_PID`/`LISTEN_FDNAMES`,
+//! and reads `sd_notify` datagrams on its own `NOTIFY_SOCKET`.
+
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::net::UnixDatagram;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_seamless");
+/// Generous bounds for things that normally take milliseconds; only hit when something is wrong.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+pub struct Systemd {
+    /// The listening socket systemd would hold; it outlives every service process.
+    pub listener: TcpListener,
+    pub addr: SocketAddr,
+    pub notify: UnixDatagram,
+    pub dir: tempfile::TempDir,
+}
+
+pub struct Service {
+    pub child: Child,
+    pub pid: i32,
+    pub stderr: PathBuf,
+}
+
+impl Systemd {
+    pub fn new() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local addr");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let notify = UnixDatagram::bind(dir.path().join("notify")).expect("notify socket");
+        std::fs::create_dir(dir.path().join("run")).expect("runtime dir");
+        let systemd = Systemd {
+            listener,
+            addr,
+            notify,
+            dir,
+        };
+        systemd.write_config("");
+        systemd
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("seamless.toml")
+    }
+
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+
+    pub fn write_config(&self, toml: &str) {
+        // Write-and-rename, as editors and config management do: a reload never sees half a file.
+        let tmp = self.dir.path().join("seamless.toml.tmp");
+        std::fs::write(&tmp, toml).expect("write config");
+        std::fs::rename(&tmp, self.config_path()).expect("rename config");
+    }
+
+    /// Starts `seamless serve` with the held socket, as a socket-activated unit would be.
+    pub fn start(&self) -> Service {
+        self.start_with(&[("LISTEN_FDS", "1"), ("LISTEN_FDNAMES", "http")], true)
+    }
+
+    /// Starts `seamless serve` with these extra variables. `$$` of the wrapper shell becomes
+    /// `LISTEN_PID` when `own_pid` is set, because `exec` keeps the PID — the trick
+    /// systemd-socket-activate uses too.
+    pub fn start_with(&self, env: &[(&str, &str)], own_pid: bool) -> Service {
+        let stderr = self.dir.path().join(format!("stderr-{}", unique()));
+        let script = if own_pid {
+            r#"LISTEN_PID=$$; export LISTEN_PID; exec "$0" "$@""#
+        } else {
+            r#"exec "$0" "$@""#
+        };
+        let mut command = Command::new("/bin/sh");
+        command
+            .arg("-c")
+            .arg(script)
+            .arg(BIN)
+            .arg("serve")
+            .arg("--config")
+            .arg(self.config_path())
+            .env_clear()
+            .env("NOTIFY_SOCKET", self.dir.path().join("notify"))
+            .env("RUNTIME_DIRECTORY", self.runtime_dir())
+            .env("RUST_BACKTRACE", "1")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).expect("stderr file"));
+        let fd = self.listener.as_raw_fd();
+        #[allow(unsafe_code)]
+        // SAFETY: between fork and exec only async-signal-safe calls (dup2, fcntl) are made.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::dup2(fd, 3) < 0 || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn().expect("spawn seamless");
+        let pid = i32::try_from(child.id()).expect("pid fits");
+        Service { child, pid, stderr }
+    }
+
+    /// Receives notifications until one contains `line` as a whole line; returns all received.
+    pub async fn expect_notify(&self, line: &str) -> Vec<String> {
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + PATIENCE;
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let received = tokio::time::timeout(left, self.notify.recv(&mut buf)).await;
+            let Ok(Ok(n)) = received else {
+                panic!("no notification {line:?} within {PATIENCE:?}; got {seen:#?}");
+            };
+            let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let found = message.lines().any(|l| l == line);
+            seen.push(message);
+            if found {
+                return seen;
+            }
+        }
+    }
+
+    /// Starts the service and waits for READY=1.
+    pub async fn start_ready(&self) -> Service {
+        let service = self.start();
+        self.expect_notify("READY=1").await;
+        service
+    }
+}
+
+impl Service {
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.pid), signal).expect("send signal");
+    }
+
+    /// Waits for the process to exit, at most `PATIENCE`.
+    pub fn wait(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "seamless did not exit; stderr:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        // A failed test must not leave a server behind.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A response as read off the wire.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One `GET` on a fresh connection with `Connection: close`.
+pub fn get(addr: SocketAddr, path: &str) -> Response {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).expect("read response");
+    parse(&raw)
+        .unwrap_or_else(|| panic!("unparsable response: {:?}", String::from_utf8_lossy(&raw)))
+}
+
+/// Parses a complete response with a `Content-Length` body.
+pub fn parse(raw: &[u8]) -> Option<Response> {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let mut lines = head.lines();
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let response = Response {
+        status,
+        headers,
+        body: body.to_owned(),
+    };
+    let length: usize = response.header("content-length")?.parse().ok()?;
+    (response.body.len() == length).then_some(response)
+}
+
+/// A keep-alive client kept by hand, to control exactly when each request is sent.
+pub struct KeepAlive {
+    stream: TcpStream,
+}
+
+impl KeepAlive {
+    pub fn connect(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+        stream.set_nodelay(true).expect("nodelay");
+        KeepAlive { stream }
+    }
+
+    pub fn send(&mut self, path: &str) {
+        write!(self.stream, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").expect("send");
+    }
+
+    /// Reads one response; `None` if the server closed the connection before a full one.
+    pub fn receive(&mut self) -> Option<Response> {
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(response) = parse(&raw) {
+                return Some(response);
+            }
+            match self.stream.read(&mut buf) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
+
+    pub fn request(&mut self, path: &str) -> Option<Response> {
+        self.send(path);
+        self.receive()
+    }
+}
+
+pub fn read_file(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
