@@ -1,0 +1,12 @@
+# %postun, as %systemd_postun_with_restart seamless.service expands. RPM runs
+# the old package's %postun, after the new files are in place.
+# Only the service is restarted, never seamless.socket: restarting the socket
+# closes it and resets the connections waiting in its queue.
+# The daemon-reload makes the restart use the new unit file on systems whose
+# systemd package reloads only at the end of the transaction.
+if command -v systemctl >/dev/null 2>&1; then
+    systemctl daemon-reload >/dev/null 2>&1 || :
+    if [ "$1" -ge 1 ]; then
+        systemctl try-restart seamless.service >/dev/null 2>&1 || :
+    fi
+fi
