@@ -6,6 +6,7 @@
 //! | `GET /healthz` | `200 ok` while the process serves |
 //! | `GET /readyz` | `200 ready`, `503 draining` once the drain has started |
 //! | `GET /metrics` | Prometheus text |
+//! | `GET /version` | `seamless VERSION (pid PID)`: which binary and process answered |
 //! | `GET /slow?ms=N` | waits N ms, then answers; only with `demo.slow_endpoint = true` |
 //!
 //! [`router`] is built from one configuration generation and is cheap to clone; the server
@@ -61,6 +62,7 @@ pub fn router(config: &Config, generation: u64, metrics: Arc<Metrics>) -> Router
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(prometheus))
+        .route("/version", get(version))
         .route("/slow", get(slow))
         .layer(RequestBodyLimitLayer::new(config.http.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
@@ -93,6 +95,14 @@ async fn prometheus(State(state): State<AppState>) -> Response {
         state.metrics.render(),
     )
         .into_response()
+}
+
+async fn version() -> String {
+    format!(
+        "seamless {} (pid {})\n",
+        env!("CARGO_PKG_VERSION"),
+        std::process::id()
+    )
 }
 
 async fn slow(State(state): State<AppState>, request: Request) -> Response {

@@ -43,7 +43,23 @@ pub enum Command {
         /// How long to wait for the service's verdict.
         #[arg(long, value_parser = humantime::parse_duration, default_value = "20s")]
         timeout: Duration,
-        /// Where the service writes its verdict [default: $RUNTIME_DIRECTORY/reload-verdict].
+        /// Where the service writes its verdict [default: $RUNTIME_DIRECTORY/reload-verdict, else
+        /// /run/seamless/reload-verdict].
+        #[arg(long, value_name = "PATH")]
+        verdict_file: Option<PathBuf>,
+    },
+    /// Replace the running binary without dropping a request (SIGUSR2): the installed binary
+    /// starts with the listening sockets, and the old process drains once it serves. Exits 0
+    /// once the new process serves, non-zero with the reason otherwise.
+    Upgrade {
+        /// The service's PID (systemctl show -p MainPID --value seamless).
+        #[arg(long)]
+        pid: i32,
+        /// How long to wait for the outcome (keep above upgrade.ready_timeout).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+        timeout: Duration,
+        /// Where the service writes its verdict [default: $RUNTIME_DIRECTORY/upgrade-verdict, else
+        /// /run/seamless/upgrade-verdict].
         #[arg(long, value_name = "PATH")]
         verdict_file: Option<PathBuf>,
     },

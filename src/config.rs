@@ -50,6 +50,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// Stopping and draining.
     pub shutdown: ShutdownConfig,
+    /// Binary hot upgrades.
+    pub upgrade: UpgradeConfig,
     /// Demo switches, all off by default.
     pub demo: DemoConfig,
 }
@@ -102,6 +104,24 @@ pub struct ShutdownConfig {
     pub linger: Duration,
 }
 
+/// `[upgrade]`: handing over to a new binary (`SIGUSR2`, `seamless upgrade`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpgradeConfig {
+    /// How long the new process may take to report that it serves before it is killed and
+    /// the old process serves on.
+    #[serde(with = "humantime_serde")]
+    pub ready_timeout: Duration,
+}
+
+impl Default for UpgradeConfig {
+    fn default() -> Self {
+        UpgradeConfig {
+            ready_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
 /// `[demo]`: endpoints that exist only to demonstrate and test behaviour.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -118,6 +138,7 @@ impl Default for Config {
             log: LogConfig::default(),
             http: HttpConfig::default(),
             shutdown: ShutdownConfig::default(),
+            upgrade: UpgradeConfig::default(),
             demo: DemoConfig::default(),
         }
     }
@@ -276,7 +297,11 @@ impl Config {
         {
             return Err(("log.level", format!("not a valid filter directive: {e}")));
         }
-        let positive: [(&'static str, bool); 4] = [
+        let positive: [(&'static str, bool); 5] = [
+            (
+                "upgrade.ready_timeout",
+                !self.upgrade.ready_timeout.is_zero(),
+            ),
             ("http.max_connections", self.http.max_connections > 0),
             (
                 "http.header_read_timeout",
@@ -345,7 +370,7 @@ fn describe(figment: &Figment, error: figment::Error) -> ConfigError {
             let key = e.path.join(".");
             let source = match &e.metadata {
                 Some(meta) => match &meta.source {
-                    Some(source) => source.to_string(),
+                    Some(source) => source_name(source),
                     // Environment variables have no file: name the variable itself.
                     None if !key.is_empty() => env_var_for(&e.path),
                     None => meta.name.to_string(),
@@ -361,6 +386,15 @@ fn describe(figment: &Figment, error: figment::Error) -> ConfigError {
         })
         .collect();
     ConfigError::Invalid(InvalidConfig { errors })
+}
+
+/// A layer's name for messages. Files by their full path: figment's own display makes them
+/// relative to the working directory, which is `/` under systemd (`etc/seamless/…`).
+fn source_name(source: &figment::Source) -> String {
+    match source {
+        figment::Source::File(path) => path.display().to_string(),
+        other => other.to_string(),
+    }
 }
 
 /// The variable that sets `path`: `http.max_connections` → `SEAMLESS_HTTP__MAX_CONNECTIONS`.
@@ -391,7 +425,7 @@ fn one_line(message: &str) -> String {
 fn source_of(figment: &Figment, key: &str) -> String {
     match figment.find_metadata(key) {
         Some(meta) => match &meta.source {
-            Some(source) => source.to_string(),
+            Some(source) => source_name(source),
             None => {
                 let path: Vec<String> = key.split('.').map(str::to_owned).collect();
                 env_var_for(&path)

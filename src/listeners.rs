@@ -14,7 +14,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use socket2::{Domain, Socket, Type};
 
@@ -101,6 +101,15 @@ pub struct Named {
     pub name: String,
     /// The socket.
     pub listener: Listener,
+}
+
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Listener::Tcp(l) => l.as_fd(),
+            Listener::Unix(l) => l.as_fd(),
+        }
+    }
 }
 
 impl fmt::Display for Listener {

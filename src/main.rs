@@ -6,7 +6,10 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Parser as _;
 use seamless::cli::{self, Cli, Command};
-use seamless::{ConfigError, Loader, Stopped, listeners, logging, reload, server, signals};
+use seamless::verdict::{RequestError, Verdict};
+use seamless::{
+    ConfigError, Loader, Stopped, listeners, logging, reload, server, signals, upgrade,
+};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -14,35 +17,61 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(loader),
         Command::CheckConfig => check_config(&loader),
+        // A refused reload is an invalid configuration; a failed upgrade is a failure.
         Command::Reload {
             pid,
             timeout,
             verdict_file,
-        } => reload::request(pid, verdict_file, timeout)
-            .map(|verdict| {
-                eprintln!(
-                    "seamless: reloaded, config generation {} {}",
-                    verdict.generation, verdict.message
-                );
-                cli::EXIT_OK
-            })
-            .map_err(anyhow::Error::from),
+        } => report(
+            reload::request(pid, verdict_file, timeout),
+            cli::EXIT_CONFIG,
+        ),
+        Command::Upgrade {
+            pid,
+            timeout,
+            verdict_file,
+        } => report(
+            upgrade::request(pid, verdict_file, timeout),
+            cli::EXIT_FAILURE,
+        ),
     };
     match result {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
-            eprintln!("seamless: {error:#}");
-            let invalid_config = error.downcast_ref::<ConfigError>().is_some()
-                || matches!(
-                    error.downcast_ref(),
-                    Some(reload::RequestError::Refused { .. })
-                );
+            print_error(&format!("{error:#}"));
+            let invalid_config = error.downcast_ref::<ConfigError>().is_some();
             ExitCode::from(if invalid_config {
                 cli::EXIT_CONFIG
             } else {
                 cli::EXIT_FAILURE
             })
         }
+    }
+}
+
+/// One line on stderr. `<3>` makes journald file it at error priority when stderr is the
+/// journal (`ExecReload=`, a failed start); a terminal gets the plain line.
+fn print_error(message: &str) {
+    let priority = if logging::stderr_is_journal() {
+        "<3>"
+    } else {
+        ""
+    };
+    eprintln!("{priority}seamless: {message}");
+}
+
+/// Prints a verdict for the operator. A refusal exits with `refused`.
+fn report(verdict: Result<Verdict, RequestError>, refused: u8) -> anyhow::Result<u8> {
+    match verdict {
+        Ok(verdict) => {
+            eprintln!("seamless: {}", verdict.message);
+            Ok(cli::EXIT_OK)
+        }
+        Err(RequestError::Refused(message)) => {
+            print_error(&message);
+            Ok(refused)
+        }
+        Err(other) => Err(other.into()),
     }
 }
 
@@ -56,8 +85,11 @@ fn check_config(loader: &Loader) -> anyhow::Result<u8> {
 }
 
 fn serve(loader: Loader) -> anyhow::Result<u8> {
+    // Before any thread exists: these read and unset the upgrade pipe variable and LISTEN_*,
+    // and take the fds. The pipe variable goes first: it shares the SEAMLESS_ prefix with the
+    // configuration's environment layer.
+    let parent_ready = upgrade::take_ready_fd();
     let config = loader.load()?;
-    // Before any thread exists: this reads and unsets LISTEN_* and takes the fds.
     let passed = listeners::take_from_env()?;
     let (log, _) = logging::init(&config.log.level);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -74,7 +106,8 @@ fn serve(loader: Loader) -> anyhow::Result<u8> {
         };
         let reloader =
             reload::Reloader::new(loader, config, Some(log)).socket_activated(socket_activated);
-        anyhow::Ok(server::run(listeners, reloader, requests).await)
+        let upgrades = server::Upgrades::of_this_process(parent_ready);
+        anyhow::Ok(server::run(listeners, reloader, requests, upgrades).await)
     })?;
     // Connections cut by a deadline or an exit request are dropped here, without waiting.
     runtime.shutdown_background();

@@ -7,6 +7,7 @@
 //! datagrams by default) would otherwise stall whichever runtime thread sent it.
 
 use std::io;
+use std::os::fd::AsFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -61,6 +62,20 @@ impl Notifier {
         self.send(&[NotifyState::ExtendTimeoutUsec(usec)]);
     }
 
+    /// `MAINPID=` then `BARRIER=1`: hands the unit to a successor, and returns once systemd has
+    /// processed the handover, so our own exit afterwards is not taken for the main process
+    /// dying. Needs `NotifyAccess=all` (the successor speaks for itself from then on).
+    pub async fn main_pid(&self, pid: i32, status: &str) {
+        let Ok(pid) = u32::try_from(pid) else { return };
+        self.send(&[NotifyState::MainPid(pid), NotifyState::Status(status)]);
+        if std::env::var_os(NOTIFY_SOCKET).is_none() {
+            return;
+        }
+        if let Err(error) = barrier(BARRIER_TIMEOUT).await {
+            tracing::warn!(%error, "systemd did not confirm the MAINPID handover");
+        }
+    }
+
     /// `WATCHDOG=1`: the serving runtime is alive.
     pub fn watchdog(&self) {
         self.send(&[NotifyState::Watchdog]);
@@ -76,6 +91,23 @@ impl Notifier {
                 tracing::warn!(%error, notify_socket = %socket.to_string_lossy(), "cannot notify the service manager");
             }
         }
+    }
+}
+
+/// How long to wait for systemd to confirm it has read our messages.
+const BARRIER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `sd_notify_barrier(3)`: sends `BARRIER=1` with the write end of a pipe; systemd closes it
+/// once it has processed every message before it, which we see as end-of-file.
+async fn barrier(timeout: Duration) -> io::Result<()> {
+    let (read, write) = std::io::pipe()?;
+    sd_notify::notify_with_fds(&[NotifyState::Custom("BARRIER=1")], &[write.as_fd()])?;
+    drop(write);
+    let mut read = tokio::net::unix::pipe::Receiver::from_owned_fd(read.into())?;
+    let mut buf = [0u8; 8];
+    match tokio::time::timeout(timeout, tokio::io::AsyncReadExt::read(&mut read, &mut buf)).await {
+        Ok(result) => result.map(|_| ()),
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "no barrier reply")),
     }
 }
 

@@ -6,25 +6,24 @@
 //!
 //! `systemctl reload` on systemd 252 cannot learn whether a reload worked (no
 //! `Type=notify-reload` there, and none of any version can report failure). So after every
-//! attempt the service writes a small [`Verdict`] file into `$RUNTIME_DIRECTORY`, and
-//! `ExecReload=seamless reload --pid $MAINPID` ([`request`]) sends `SIGHUP`, waits for a verdict
-//! of an attempt that started after its signal, and exits with it: `systemctl reload` returns
-//! only once the new config is live, and fails, printing the error, when it is invalid.
+//! attempt the service writes a [`Verdict`], and `ExecReload=seamless reload --pid $MAINPID`
+//! ([`request`]) sends `SIGHUP` and waits for it: `systemctl reload` returns only once the new
+//! config is live, and fails, printing the error, when it is invalid.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use nix::sys::signal::Signal;
 
 use crate::config::{Config, Loader};
 use crate::logging;
 use crate::metrics::Metrics;
 use crate::notify::monotonic_usec;
 use crate::server::Live;
+use crate::verdict::{RequestError, Verdict};
 
-/// Set by systemd for units with `RuntimeDirectory=`.
-pub const RUNTIME_DIRECTORY: &str = "RUNTIME_DIRECTORY";
 /// Name of the verdict file inside the runtime directory.
 pub const VERDICT_FILE: &str = "reload-verdict";
 
@@ -70,8 +69,7 @@ impl Reloader {
         let metrics = Arc::new(Metrics::default());
         metrics.set_generation(1);
         let live = Arc::new(ArcSwap::from_pointee(Live::new(config, 1, metrics.clone())));
-        let verdict_file =
-            std::env::var_os(RUNTIME_DIRECTORY).map(|dir| Path::new(&dir).join(VERDICT_FILE));
+        let verdict_file = crate::verdict::default_path(VERDICT_FILE);
         Reloader {
             loader,
             live,
@@ -148,12 +146,33 @@ impl Reloader {
                 Outcome::Failed { generation, error }
             }
         };
-        if let Some(path) = &self.verdict_file {
-            let verdict = Verdict::from_outcome(started_usec, &outcome);
-            if let Err(error) = verdict.write(path) {
-                tracing::warn!(%error, path = %path.display(), "cannot write the reload verdict");
-            }
-        }
+        let verdict = match &outcome {
+            Outcome::Applied {
+                generation,
+                on_restart,
+            } if on_restart.is_empty() => Verdict::new(
+                started_usec,
+                true,
+                format!("config generation {generation} is live"),
+            ),
+            Outcome::Applied {
+                generation,
+                on_restart,
+            } => Verdict::new(
+                started_usec,
+                true,
+                format!(
+                    "config generation {generation} is live; takes effect on restart: {}",
+                    on_restart.join(", ")
+                ),
+            ),
+            Outcome::Failed { generation, error } => Verdict::new(
+                started_usec,
+                false,
+                format!("reload failed, still serving config generation {generation}: {error}"),
+            ),
+        };
+        verdict.publish(self.verdict_file.as_deref());
         outcome
     }
 
@@ -167,191 +186,19 @@ impl Reloader {
     }
 }
 
-/// What the service tells `seamless reload` about one attempt.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verdict {
-    /// `CLOCK_MONOTONIC` µs when the attempt started; waiting callers compare it with the time
-    /// they sent their signal.
-    pub started_usec: u64,
-    /// Whether the new configuration is live.
-    pub ok: bool,
-    /// The generation serving after the attempt.
-    pub generation: u64,
-    /// The error, or notes such as keys that take effect on restart.
-    pub message: String,
-}
-
-impl Verdict {
-    fn from_outcome(started_usec: u64, outcome: &Outcome) -> Self {
-        match outcome {
-            Outcome::Applied {
-                generation,
-                on_restart,
-            } => Verdict {
-                started_usec,
-                ok: true,
-                generation: *generation,
-                message: if on_restart.is_empty() {
-                    String::new()
-                } else {
-                    format!("takes effect on restart: {}", on_restart.join(", "))
-                },
-            },
-            Outcome::Failed { generation, error } => Verdict {
-                started_usec,
-                ok: false,
-                generation: *generation,
-                message: error.clone(),
-            },
-        }
-    }
-
-    /// `key=value` lines; the message goes last and may contain anything but a newline.
-    fn encode(&self) -> String {
-        format!(
-            "started_usec={}\nok={}\ngeneration={}\nmessage={}\n",
-            self.started_usec,
-            self.ok,
-            self.generation,
-            self.message.replace('\n', " ")
-        )
-    }
-
-    fn decode(text: &str) -> Option<Self> {
-        let mut verdict = Verdict {
-            started_usec: 0,
-            ok: false,
-            generation: 0,
-            message: String::new(),
-        };
-        let mut seen = 0;
-        for line in text.lines() {
-            let (key, value) = line.split_once('=')?;
-            match key {
-                "started_usec" => verdict.started_usec = value.parse().ok()?,
-                "ok" => verdict.ok = value.parse().ok()?,
-                "generation" => verdict.generation = value.parse().ok()?,
-                "message" => verdict.message = value.to_owned(),
-                _ => continue,
-            }
-            seen += 1;
-        }
-        (seen == 4).then_some(verdict)
-    }
-
-    /// Writes atomically (temp file + rename), so a reader never sees half a verdict.
-    fn write(&self, path: &Path) -> std::io::Result<()> {
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, self.encode())?;
-        std::fs::rename(&tmp, path)
-    }
-
-    fn read(path: &Path) -> Option<Self> {
-        Verdict::decode(&std::fs::read_to_string(path).ok()?)
-    }
-}
-
-/// Why `seamless reload` did not report success.
-#[derive(Debug, thiserror::Error)]
-pub enum RequestError {
-    /// Nowhere to read the verdict from.
-    #[error(
-        "${RUNTIME_DIRECTORY} is not set: run this as the unit's ExecReload= (RuntimeDirectory=seamless), or pass --verdict-file"
-    )]
-    NoRuntimeDirectory,
-    /// The signal could not be sent.
-    #[error("cannot send SIGHUP to PID {pid}: {source}")]
-    Signal {
-        /// The target.
-        pid: i32,
-        /// What the kernel said.
-        source: nix::Error,
-    },
-    /// No verdict in time.
-    #[error("PID {pid} did not report a reload within {}", humantime::format_duration(*.timeout))]
-    Timeout {
-        /// The target.
-        pid: i32,
-        /// How long we waited.
-        timeout: Duration,
-    },
-    /// The service refused the new configuration and keeps the old one.
-    #[error("reload failed, still serving generation {generation}: {error}")]
-    Refused {
-        /// The generation still serving.
-        generation: u64,
-        /// The configuration error.
-        error: String,
-    },
-}
-
-/// Sends `SIGHUP` to `pid` and waits for the verdict of a reload that started afterwards.
-/// Returns the verdict of a successful reload.
+/// `seamless reload`: sends `SIGHUP` to `pid` and waits for the verdict of a reload that
+/// started afterwards.
 pub fn request(
     pid: i32,
     verdict_file: Option<PathBuf>,
     timeout: Duration,
 ) -> Result<Verdict, RequestError> {
-    let path = verdict_file
-        .or_else(|| {
-            std::env::var_os(RUNTIME_DIRECTORY).map(|dir| Path::new(&dir).join(VERDICT_FILE))
-        })
-        .ok_or(RequestError::NoRuntimeDirectory)?;
-    let sent_usec = monotonic_usec().unwrap_or(0);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGHUP,
-    )
-    .map_err(|source| RequestError::Signal { pid, source })?;
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(verdict) = Verdict::read(&path).filter(|v| v.started_usec >= sent_usec) {
-            return if verdict.ok {
-                Ok(verdict)
-            } else {
-                Err(RequestError::Refused {
-                    generation: verdict.generation,
-                    error: verdict.message,
-                })
-            };
-        }
-        if Instant::now() >= deadline {
-            return Err(RequestError::Timeout { pid, timeout });
-        }
-        // A reload takes well under a millisecond; polling briefly keeps `systemctl reload`
-        // fast without inotify machinery.
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    crate::verdict::request(pid, Signal::SIGHUP, verdict_file, VERDICT_FILE, timeout)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn verdict_round_trips() {
-        let verdict = Verdict {
-            started_usec: 123,
-            ok: false,
-            generation: 4,
-            message: "seamless.toml: key `x`: unknown\nsecond line".to_owned(),
-        };
-        let decoded = Verdict::decode(&verdict.encode()).expect("decodes");
-        assert_eq!(
-            decoded.message,
-            "seamless.toml: key `x`: unknown second line"
-        );
-        assert_eq!(
-            (decoded.started_usec, decoded.ok, decoded.generation),
-            (123, false, 4)
-        );
-        assert_eq!(
-            Verdict::decode("started_usec=1\nok=true\n"),
-            None,
-            "incomplete"
-        );
-        assert_eq!(Verdict::decode("garbage"), None);
-    }
 
     #[test]
     fn reload_swaps_or_keeps() {
@@ -398,6 +245,6 @@ mod tests {
         );
         let verdict = Verdict::read(&verdict_path).expect("written");
         assert!(!verdict.ok);
-        assert_eq!(verdict.message, error);
+        assert!(verdict.message.contains(&error), "{verdict:?}");
     }
 }

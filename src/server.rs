@@ -20,6 +20,8 @@
 //!    processed, so nothing is lost;
 //! 5. `shutdown.drain_timeout` bounds it all.
 
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -32,6 +34,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tower::ServiceExt;
 
 use crate::app::{self, Peer};
@@ -42,6 +45,8 @@ use crate::metrics::Metrics;
 use crate::notify::{self, Notifier};
 use crate::reload::{Outcome, Reloader};
 use crate::signals::Request;
+use crate::upgrade::{self, Successor, UpgradeError};
+use crate::verdict::Verdict;
 
 /// Extra stop time asked of systemd beyond the drain deadline, for logging and exit.
 const STOP_MARGIN: Duration = Duration::from_secs(5);
@@ -100,21 +105,51 @@ pub enum Stopped {
     Exited,
 }
 
+/// How this process takes part in binary upgrades (see [`crate::upgrade`]).
+#[derive(Debug)]
+pub struct Upgrades {
+    /// What to start on `SIGUSR2`.
+    pub successor: Successor,
+    /// Where the outcome is written for `seamless upgrade`.
+    pub verdict_file: Option<PathBuf>,
+    /// When this process is itself a successor: the pipe to tell its parent it serves.
+    pub parent_ready: Option<OwnedFd>,
+}
+
+impl Upgrades {
+    /// Upgrades to the binary at this process's install path, reporting to
+    /// `$RUNTIME_DIRECTORY/upgrade-verdict`.
+    pub fn of_this_process(parent_ready: Option<OwnedFd>) -> Self {
+        Upgrades {
+            successor: Successor::of_this_process(),
+            verdict_file: crate::verdict::default_path(upgrade::VERDICT_FILE),
+            parent_ready,
+        }
+    }
+}
+
 /// Serves `listeners` until a [`Request::Drain`] (or the end of `requests`) has been carried
-/// out, or a [`Request::Exit`] arrives.
+/// out, a successor has taken over after [`Request::Upgrade`], or a [`Request::Exit`] arrives.
 ///
 /// Sends `READY=1` once every listener is being served, `RELOADING=1`/`READY=1` around each
-/// reload, and `STOPPING=1` when the drain starts.
+/// reload, and `STOPPING=1` when the drain starts (or `MAINPID=` when a successor took over).
 pub async fn run(
     listeners: Vec<Named>,
     mut reloader: Reloader,
     mut requests: mpsc::Receiver<Request>,
+    mut upgrades: Upgrades,
 ) -> Stopped {
     let notifier = Arc::new(Notifier::new());
     let metrics = reloader.metrics();
     let mut drain = Drain::new();
     let mut serving = Vec::new();
+    // Copies of every listening socket, for a successor; the originals go to accept loops.
+    let mut inherit = Vec::new();
     for Named { name, listener } in listeners {
+        match listener.as_fd().try_clone_to_owned() {
+            Ok(fd) => inherit.push((name.clone(), fd)),
+            Err(error) => tracing::warn!(%error, socket = %name, "cannot keep a copy for upgrades"),
+        }
         if !serves_http(&name) {
             tracing::warn!(socket = %name, address = %listener, "ignoring socket: only `http` is served");
             continue;
@@ -130,32 +165,72 @@ pub async fn run(
             }
         });
     }
+    let inherit: Arc<[(String, OwnedFd)]> = inherit.into();
     let serving = serving.join(", ");
-    if let Some(interval) = notify::watchdog_interval() {
-        tracing::info!(
-            interval_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
-            "watchdog enabled"
-        );
-        tokio::spawn(notify::watchdog(notifier.clone(), interval));
-    }
+    let watchdog = notify::watchdog_interval().map(|interval| {
+        tracing::info!(interval_ms = millis(interval), "watchdog enabled");
+        tokio::spawn(notify::watchdog(notifier.clone(), interval))
+    });
     let generation = reloader.live().load().generation;
     notifier.ready(&format!(
         "serving on {serving}; config generation {generation}"
     ));
     tracing::info!(generation, pid = std::process::id(), "ready");
+    if let Some(parent) = upgrades.parent_ready.take() {
+        upgrade::report_ready(parent);
+        tracing::info!("took over from the previous process");
+    }
 
-    // Serve until asked to stop, reloading on request.
+    // Serve until asked to stop, reloading and upgrading on request.
     let mut deferred = None;
-    loop {
+    let mut upgrading: Option<JoinHandle<Result<i32, UpgradeError>>> = None;
+    let mut upgrade_started = 0;
+    let handed_over = loop {
         let request = match deferred.take() {
             Some(request) => Some(request),
-            None => requests.recv().await,
+            None => tokio::select! {
+                request = requests.recv() => request,
+                finished = outcome(&mut upgrading) => {
+                    upgrading = None;
+                    let result = finished.unwrap_or_else(|e| {
+                        Err(UpgradeError::Spawn { path: upgrades.successor.exe().to_owned(), source: std::io::Error::other(e) })
+                    });
+                    match result {
+                        Ok(pid) => break Some((pid, upgrade_started)),
+                        Err(error) => {
+                            tracing::error!(%error, "upgrade failed; serving on");
+                            Verdict::new(upgrade_started, false, format!("upgrade failed, PID {} serves on: {error}", std::process::id()))
+                                .publish(upgrades.verdict_file.as_deref());
+                            notifier.status(&format!("serving on {serving}; upgrade failed: {error}"));
+                            continue;
+                        }
+                    }
+                }
+            },
         };
         match request {
             Some(Request::Reload) => {
                 deferred = reload(&mut reloader, &notifier, &serving, &mut requests);
             }
-            Some(Request::Drain) | None => break,
+            Some(Request::Upgrade) if upgrading.is_some() => {
+                tracing::warn!("upgrade requested while one is in progress; ignored");
+            }
+            Some(Request::Upgrade) => {
+                upgrade_started = notify::monotonic_usec().unwrap_or(0);
+                let exe = upgrades.successor.exe().display().to_string();
+                tracing::info!(exe, "upgrade requested; starting the new binary");
+                Verdict::pending(
+                    upgrade_started,
+                    format!("an upgrade to {exe} is in progress"),
+                )
+                .publish(upgrades.verdict_file.as_deref());
+                let timeout = reloader.live().load().config.upgrade.ready_timeout;
+                let (successor, inherit) = (upgrades.successor.clone(), inherit.clone());
+                upgrading = Some(tokio::spawn(async move {
+                    successor.start(&inherit, timeout).await
+                }));
+            }
+            Some(Request::Drain) | None => break None,
             Some(Request::Exit) => {
                 tracing::warn!(
                     open_connections = metrics.open_connections(),
@@ -164,19 +239,56 @@ pub async fn run(
                 return Stopped::Exited;
             }
         }
-    }
+    };
 
-    // Drain.
     let deadline = reloader.live().load().config.shutdown.drain_timeout;
     metrics.set_draining();
     let open = metrics.open_connections();
-    notifier.stopping(&format!("draining {open} connections"));
-    notifier.extend_timeout(deadline + STOP_MARGIN);
-    tracing::info!(
-        open_connections = open,
-        deadline_ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
-        "draining"
-    );
+    match handed_over {
+        Some((pid, started)) => {
+            // From here on the successor speaks for the unit: no STOPPING=1, no STATUS, no
+            // watchdog pings from us.
+            if let Some(watchdog) = watchdog {
+                watchdog.abort();
+            }
+            notifier
+                .main_pid(pid, &format!("serving on {serving}; upgraded to PID {pid}"))
+                .await;
+            Verdict::new(
+                started,
+                true,
+                format!(
+                    "PID {pid} serves now; PID {} drains {open} connections",
+                    std::process::id()
+                ),
+            )
+            .publish(upgrades.verdict_file.as_deref());
+            tracing::info!(
+                successor = pid,
+                open_connections = open,
+                "handed over; draining"
+            );
+        }
+        None => {
+            notifier.stopping(&format!("draining {open} connections"));
+            notifier.extend_timeout(deadline + STOP_MARGIN);
+            tracing::info!(
+                open_connections = open,
+                deadline_ms = millis(deadline),
+                "draining"
+            );
+        }
+    }
+    finish_drain(&mut drain, deadline, &metrics, &mut requests).await
+}
+
+/// Waits for every connection to finish, at most `deadline`, or until an exit is requested.
+async fn finish_drain(
+    drain: &mut Drain,
+    deadline: Duration,
+    metrics: &Metrics,
+    requests: &mut mpsc::Receiver<Request>,
+) -> Stopped {
     let started = tokio::time::Instant::now();
     let exit_requested = async {
         while let Some(request) = requests.recv().await {
@@ -189,7 +301,7 @@ pub async fn run(
     tokio::select! {
         finished = drain.finish(deadline) => match finished {
             Ok(()) => {
-                tracing::info!(elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX), "drained");
+                tracing::info!(elapsed_ms = millis(started.elapsed()), "drained");
                 Stopped::Drained
             }
             Err(_) => {
@@ -203,6 +315,21 @@ pub async fn run(
             Stopped::Exited
         }
     }
+}
+
+/// The outcome of the upgrade under way; never resolves when there is none.
+async fn outcome(
+    upgrading: &mut Option<JoinHandle<Result<i32, UpgradeError>>>,
+) -> Result<Result<i32, UpgradeError>, tokio::task::JoinError> {
+    match upgrading {
+        Some(task) => task.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Whole milliseconds, saturating, for log fields.
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Carries out one reload, then one more if more were requested meanwhile (any number of

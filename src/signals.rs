@@ -3,6 +3,7 @@
 //! | signal | request |
 //! |---|---|
 //! | `SIGHUP` | [`Request::Reload`] |
+//! | `SIGUSR2` | [`Request::Upgrade`] |
 //! | `SIGTERM`, first `SIGINT` | [`Request::Drain`] |
 //! | `SIGQUIT`, second `SIGINT` | [`Request::Exit`] |
 //!
@@ -17,6 +18,8 @@ use tokio::sync::mpsc;
 pub enum Request {
     /// Load the configuration again and apply it.
     Reload,
+    /// Hand over to the installed binary, then drain.
+    Upgrade,
     /// Stop accepting, drain every connection, exit 0.
     Drain,
     /// Exit now, cutting open connections.
@@ -31,6 +34,7 @@ pub fn listen() -> std::io::Result<mpsc::Receiver<Request>> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut quit = signal(SignalKind::quit())?;
+    let mut usr2 = signal(SignalKind::user_defined2())?;
     // Small on purpose: the server coalesces reloads, and a full queue only ever holds requests
     // the server will see anyway.
     let (tx, rx) = mpsc::channel(16);
@@ -39,6 +43,7 @@ pub fn listen() -> std::io::Result<mpsc::Receiver<Request>> {
         loop {
             let request = tokio::select! {
                 Some(()) = hup.recv() => Request::Reload,
+                Some(()) = usr2.recv() => Request::Upgrade,
                 Some(()) = term.recv() => Request::Drain,
                 Some(()) = quit.recv() => Request::Exit,
                 Some(()) = int.recv() => {

@@ -21,6 +21,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_seamless");
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
 pub struct Systemd {
+    /// The binary to start (the build's by default; upgrade tests use a copy they can replace).
+    pub bin: PathBuf,
     /// The listening socket systemd would hold; it outlives every service process.
     pub listener: TcpListener,
     pub addr: SocketAddr,
@@ -42,6 +44,7 @@ impl Systemd {
         let notify = UnixDatagram::bind(dir.path().join("notify")).expect("notify socket");
         std::fs::create_dir(dir.path().join("run")).expect("runtime dir");
         let systemd = Systemd {
+            bin: PathBuf::from(BIN),
             listener,
             addr,
             notify,
@@ -85,7 +88,7 @@ impl Systemd {
         command
             .arg("-c")
             .arg(script)
-            .arg(BIN)
+            .arg(&self.bin)
             .arg("serve")
             .arg("--config")
             .arg(self.config_path())
@@ -129,6 +132,23 @@ impl Systemd {
             seen.push(message);
             if found {
                 return seen;
+            }
+        }
+    }
+
+    /// Receives notifications until a line starts with `prefix`; returns the rest of that line.
+    pub async fn expect_notify_prefix(&self, prefix: &str) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let received = tokio::time::timeout(left, self.notify.recv(&mut buf)).await;
+            let Ok(Ok(n)) = received else {
+                panic!("no notification starting with {prefix:?} within {PATIENCE:?}");
+            };
+            let message = String::from_utf8_lossy(&buf[..n]);
+            if let Some(rest) = message.lines().find_map(|l| l.strip_prefix(prefix)) {
+                return rest.to_owned();
             }
         }
     }

@@ -1,0 +1,363 @@
+//! Binary hot upgrade: start the installed binary as a successor, hand it every listening
+//! socket, and drain only once it serves.
+//!
+//! `systemctl restart` keeps the socket but leaves a gap in which nobody accepts; an upgrade has
+//! no gap. On `SIGUSR2` (or `seamless upgrade`) the running process:
+//!
+//! 1. starts the file at its install path — the new binary a package just put there, not the
+//!    deleted inode it runs from — with the same arguments, passing every listening socket the
+//!    way systemd does (fds from 3, `LISTEN_FDS`, `LISTEN_FDNAMES`, `LISTEN_PID` = the child's
+//!    PID) plus one pipe, [`READY_FD`];
+//! 2. the successor loads and validates its configuration, serves, and writes one byte to the
+//!    pipe once it has sent `READY=1`;
+//! 3. the old process tells systemd the successor is the main process now (`MAINPID=`, then
+//!    `BARRIER=1` so systemd has read it before the old process exits), stops accepting, runs
+//!    the same zero-drop drain as on `SIGTERM`, and exits 0.
+//!
+//! If the successor cannot start, exits, or is not ready within `upgrade.ready_timeout`, it is
+//! killed and reaped, the reason is logged and reported, and the old process serves on.
+
+use std::ffi::{CString, OsString};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::fcntl::{FcntlArg, fcntl};
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid, fork};
+use tokio::io::AsyncReadExt;
+
+use crate::listeners::{LISTEN_FDNAMES, LISTEN_FDS, LISTEN_FDS_START, LISTEN_PID};
+
+/// Names the fd on which a successor reports that it serves.
+pub const READY_FD: &str = "SEAMLESS_UPGRADE_READY_FD";
+/// `WATCHDOG_PID` names the old process; the successor must ping for itself.
+const WATCHDOG_PID: &str = "WATCHDOG_PID";
+/// Width of the `LISTEN_PID` value, filled in after `fork` without allocating.
+const PID_DIGITS: usize = 10;
+/// Verdict file name in `$RUNTIME_DIRECTORY`, read by `seamless upgrade`.
+pub const VERDICT_FILE: &str = "upgrade-verdict";
+
+/// Why a successor did not take over.
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeError {
+    /// An upgrade is already under way.
+    #[error("an upgrade is already in progress")]
+    InProgress,
+    /// The binary's path could not be determined or used.
+    #[error("cannot use {path} as the new binary: {reason}")]
+    Binary {
+        /// The path.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Preparing or starting the successor failed.
+    #[error("cannot start {path}: {source}")]
+    Spawn {
+        /// The binary.
+        path: PathBuf,
+        /// What the kernel said.
+        source: io::Error,
+    },
+    /// The successor exited before it was ready.
+    #[error("the new process (PID {pid}) exited before it was ready: {status}")]
+    Exited {
+        /// Its PID.
+        pid: i32,
+        /// How it ended (exit status 127: the binary could not be executed).
+        status: String,
+    },
+    /// The successor did not report ready in time and was killed.
+    #[error("the new process (PID {pid}) was not ready within {}; killed it", humantime::format_duration(*.timeout))]
+    NotReady {
+        /// Its PID.
+        pid: i32,
+        /// The limit (`upgrade.ready_timeout`).
+        timeout: Duration,
+    },
+}
+
+/// What a successor is started from: our own binary path and arguments.
+#[derive(Debug, Clone)]
+pub struct Successor {
+    /// The install path of the binary.
+    exe: PathBuf,
+    /// Arguments after `argv[0]`.
+    args: Vec<OsString>,
+}
+
+impl Successor {
+    /// The binary this process was started from, by path, and our own arguments.
+    pub fn of_this_process() -> Self {
+        Successor {
+            exe: install_path(),
+            args: std::env::args_os().skip(1).collect(),
+        }
+    }
+
+    /// The install path the successor is started from.
+    pub fn exe(&self) -> &Path {
+        &self.exe
+    }
+
+    /// Starts the successor with `sockets` and waits until it serves; returns its PID.
+    /// On failure the successor is gone (killed if need be, and reaped).
+    pub async fn start(
+        &self,
+        sockets: &[(String, OwnedFd)],
+        ready_timeout: Duration,
+    ) -> Result<i32, UpgradeError> {
+        let (ready_rx, ready_tx) = std::io::pipe().map_err(|source| self.spawn_error(source))?;
+        let pid = self.spawn(sockets, OwnedFd::from(ready_tx))?;
+        let ready = tokio::time::timeout(ready_timeout, wait_ready(OwnedFd::from(ready_rx))).await;
+        match ready {
+            Ok(true) => Ok(pid.as_raw()),
+            Ok(false) => {
+                // The pipe closed without a byte: the successor exited (or exec failed).
+                let status = reap_blocking(pid, false).await;
+                Err(UpgradeError::Exited {
+                    pid: pid.as_raw(),
+                    status,
+                })
+            }
+            Err(_) => {
+                reap_blocking(pid, true).await;
+                Err(UpgradeError::NotReady {
+                    pid: pid.as_raw(),
+                    timeout: ready_timeout,
+                })
+            }
+        }
+    }
+
+    fn spawn_error(&self, source: io::Error) -> UpgradeError {
+        UpgradeError::Spawn {
+            path: self.exe.clone(),
+            source,
+        }
+    }
+
+    /// Forks and executes the successor with the sockets at fds `3..`, the ready pipe after
+    /// them, and the environment systemd would give it.
+    fn spawn(&self, sockets: &[(String, OwnedFd)], ready_tx: OwnedFd) -> Result<Pid, UpgradeError> {
+        let exe =
+            CString::new(self.exe.as_os_str().as_bytes()).map_err(|_| UpgradeError::Binary {
+                path: self.exe.clone(),
+                reason: "the path contains a NUL byte".to_owned(),
+            })?;
+        let count = sockets.len();
+        let ready_target = LISTEN_FDS_START + fd_number(count);
+        // Everything the child needs is prepared here: between fork and exec only
+        // async-signal-safe calls are allowed, so no allocation happens there.
+        //
+        // Source fds are first duplicated above every target number, so placing them with
+        // dup2 can never overwrite a source not yet placed.
+        let above = ready_target + 1;
+        let mut sources = Vec::with_capacity(count + 1);
+        for fd in sockets
+            .iter()
+            .map(|(_, fd)| fd.as_fd())
+            .chain([ready_tx.as_fd()])
+        {
+            let high = fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(above))
+                .map_err(|e| self.spawn_error(e.into()))?;
+            #[allow(unsafe_code)]
+            // SAFETY: `high` was just returned by F_DUPFD_CLOEXEC and is owned by nobody else.
+            sources.push(unsafe { OwnedFd::from_raw_fd(high) });
+        }
+        let names: Vec<&str> = sockets.iter().map(|(name, _)| name.as_str()).collect();
+
+        let mut env: Vec<Vec<u8>> = std::env::vars_os()
+            .filter(|(key, _)| {
+                ![
+                    LISTEN_PID,
+                    LISTEN_FDS,
+                    LISTEN_FDNAMES,
+                    WATCHDOG_PID,
+                    READY_FD,
+                ]
+                .iter()
+                .any(|k| key.as_bytes() == k.as_bytes())
+            })
+            .map(|(key, value)| [key.as_bytes(), b"=", value.as_bytes(), b"\0"].concat())
+            .collect();
+        env.push(format!("{LISTEN_FDS}={count}\0").into_bytes());
+        env.push(format!("{LISTEN_FDNAMES}={}\0", names.join(":")).into_bytes());
+        env.push(format!("{READY_FD}={ready_target}\0").into_bytes());
+        env.push(format!("{LISTEN_PID}={}\0", "0".repeat(PID_DIGITS)).into_bytes());
+        let pid_digits_at = env.len() - 1;
+
+        let argv: Vec<CString> = std::iter::once(Ok(exe.clone()))
+            .chain(self.args.iter().map(|a| CString::new(a.as_bytes())))
+            .collect::<Result<_, _>>()
+            .map_err(|_| UpgradeError::Binary {
+                path: self.exe.clone(),
+                reason: "an argument contains a NUL byte".to_owned(),
+            })?;
+        let argv_ptrs: Vec<*const libc::c_char> = argv
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain([std::ptr::null()])
+            .collect();
+        // One pointer per variable; the LISTEN_PID buffer is written through its own
+        // pointer in the child, so take every pointer mutably from the start.
+        let env_ptrs: Vec<*mut u8> = env.iter_mut().map(Vec::as_mut_ptr).collect();
+        let envp: Vec<*const libc::c_char> = env_ptrs
+            .iter()
+            .map(|p| p.cast_const().cast())
+            .chain([std::ptr::null()])
+            .collect();
+        let pid_value = env_ptrs[pid_digits_at].wrapping_add(LISTEN_PID.len() + 1);
+        let raw_sources: Vec<RawFd> = sources.iter().map(AsRawFd::as_raw_fd).collect();
+
+        #[allow(unsafe_code)]
+        // SAFETY: the child only calls async-signal-safe functions (getpid, dup2, execve,
+        // _exit) and writes into buffers allocated before the fork, which stay alive because
+        // `env`, `argv` and the pointer vectors are not touched until after the fork returns.
+        let forked = unsafe { fork() };
+        match forked.map_err(|e| self.spawn_error(e.into()))? {
+            ForkResult::Child => {
+                #[allow(unsafe_code)]
+                // SAFETY: see above; this never returns.
+                unsafe {
+                    exec_child(&exe, &argv_ptrs, &envp, pid_value, &raw_sources)
+                }
+            }
+            ForkResult::Parent { child } => {
+                // `sources` (our high copies) and `ready_tx` close here: the child holds the
+                // only write end of the pipe, so its exit shows up as end-of-file.
+                drop(sources);
+                drop(ready_tx);
+                tracing::info!(pid = child.as_raw(), exe = %self.exe.display(), "started the new process");
+                Ok(child)
+            }
+        }
+    }
+}
+
+/// The child side of [`Successor::spawn`].
+///
+/// # Safety
+///
+/// Call only in a freshly forked child. `pid_value` must point at `PID_DIGITS` writable bytes;
+/// the pointer arrays must be NULL-terminated and point at NUL-terminated strings.
+#[allow(unsafe_code)]
+unsafe fn exec_child(
+    exe: &CString,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+    pid_value: *mut u8,
+    sources: &[RawFd],
+) -> ! {
+    // SAFETY: all calls below are async-signal-safe; pointers are valid per the contract.
+    unsafe {
+        let mut pid = u32::try_from(libc::getpid()).unwrap_or(0);
+        for i in (0..PID_DIGITS).rev() {
+            // `pid % 10 < 10`, so the cast cannot truncate.
+            *pid_value.add(i) = b'0' + (pid % 10) as u8;
+            pid /= 10;
+        }
+        for (i, fd) in sources.iter().enumerate() {
+            // dup2 leaves the copy without close-on-exec: exactly these fds are inherited.
+            if libc::dup2(*fd, LISTEN_FDS_START + fd_number(i)) < 0 {
+                libc::_exit(126);
+            }
+        }
+        libc::execve(exe.as_ptr(), argv.as_ptr(), envp.as_ptr());
+        // 127, like a shell, for "could not execute".
+        libc::_exit(127)
+    }
+}
+
+/// An fd number from a small count (at most a few thousand sockets).
+fn fd_number(n: usize) -> RawFd {
+    RawFd::try_from(n).unwrap_or(RawFd::MAX)
+}
+
+/// Waits for the successor's byte; `false` when the pipe closed without one.
+async fn wait_ready(ready_rx: OwnedFd) -> bool {
+    let Ok(mut pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(ready_rx) else {
+        return false;
+    };
+    let mut byte = [0u8; 1];
+    matches!(pipe.read(&mut byte).await, Ok(1))
+}
+
+/// Kills (if asked) and reaps the successor; returns how it ended.
+async fn reap_blocking(pid: Pid, kill_first: bool) -> String {
+    if kill_first {
+        let _ = kill(pid, Signal::SIGKILL);
+    }
+    tokio::task::spawn_blocking(move || match waitpid(pid, None) {
+        Ok(WaitStatus::Exited(_, code)) => format!("exit status {code}"),
+        Ok(WaitStatus::Signaled(_, signal, _)) => format!("killed by {signal}"),
+        Ok(other) => format!("{other:?}"),
+        Err(e) => format!("cannot reap it: {e}"),
+    })
+    .await
+    .unwrap_or_else(|e| e.to_string())
+}
+
+/// The path this binary was started from. After a package replaced the file,
+/// `/proc/self/exe` reads `/usr/bin/seamless (deleted)`: the path is what we want, the deleted
+/// inode is exactly what we must not run.
+pub fn install_path() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
+    let text = exe.as_os_str().as_bytes();
+    match text.strip_suffix(b" (deleted)") {
+        Some(path) => PathBuf::from(std::ffi::OsStr::from_bytes(path)),
+        None => exe,
+    }
+}
+
+/// In a successor: takes the ready pipe named by [`READY_FD`], if any, and unsets the variable.
+/// Call before any thread starts.
+pub fn take_ready_fd() -> Option<OwnedFd> {
+    let value = std::env::var(READY_FD).ok();
+    #[allow(unsafe_code)]
+    // SAFETY: called before the runtime or any other thread starts.
+    unsafe {
+        std::env::remove_var(READY_FD);
+    }
+    let fd: RawFd = value?.parse().ok()?;
+    // Only take an fd that is open and a pipe; anything else is not from our parent.
+    let target = std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()?;
+    if !target.to_string_lossy().starts_with("pipe:") {
+        return None;
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: the fd is open (checked above), our parent passed it for this purpose alone, and
+    // the variable naming it is unset, so it is taken only once.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// In a successor: tells the parent we serve. Errors mean the parent is gone; nothing to do.
+pub fn report_ready(fd: OwnedFd) {
+    let mut pipe = std::fs::File::from(fd);
+    let _ = std::io::Write::write_all(&mut pipe, b"R");
+}
+
+/// `seamless upgrade`: sends `SIGUSR2` and waits for the outcome.
+pub fn request(
+    pid: i32,
+    verdict_file: Option<PathBuf>,
+    timeout: Duration,
+) -> Result<crate::verdict::Verdict, crate::verdict::RequestError> {
+    crate::verdict::request(pid, Signal::SIGUSR2, verdict_file, VERDICT_FILE, timeout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn install_path_strips_deleted_marker() {
+        let path = install_path();
+        assert!(!path.to_string_lossy().ends_with(" (deleted)"));
+        assert!(path.is_absolute());
+    }
+}
