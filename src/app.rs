@@ -73,8 +73,11 @@ pub fn router(config: &Config, generation: u64, metrics: Arc<Metrics>) -> Router
         .with_state(state)
 }
 
-async fn root(State(state): State<AppState>) -> Bytes {
-    state.message
+async fn root(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        state.message,
+    )
 }
 
 async fn healthz() -> &'static str {
@@ -127,11 +130,16 @@ async fn slow(State(state): State<AppState>, request: Request) -> Response {
 /// has started — asks HTTP/1 clients to close the connection after it. That last part is what
 /// lets a drain end without cutting a keep-alive connection under a client's next request.
 async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let started = Instant::now();
     let version = request.version();
-    let method = request.method().clone();
-    let path = request.uri().path().to_owned();
-    let peer = request.extensions().get::<Peer>().cloned();
+    // Per-request logging costs allocations; pay for them only when debug logging is on.
+    let logged = tracing::enabled!(tracing::Level::DEBUG).then(|| {
+        (
+            Instant::now(),
+            request.method().clone(),
+            request.uri().path().to_owned(),
+            request.extensions().get::<Peer>().cloned(),
+        )
+    });
 
     let mut response = next.run(request).await;
 
@@ -143,14 +151,16 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
     if state.metrics.draining() && version <= Version::HTTP_11 {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    tracing::debug!(
-        peer = peer.as_ref().map(|p| &*p.0),
-        %method,
-        path,
-        status = status.as_u16(),
-        elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-        "request"
-    );
+    if let Some((started, method, path, peer)) = logged {
+        tracing::debug!(
+            peer = peer.as_ref().map(|p| &*p.0),
+            %method,
+            path,
+            status = status.as_u16(),
+            elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            "request"
+        );
+    }
     response
 }
 
@@ -186,6 +196,7 @@ mod tests {
         let (status, headers, body) = get(&app, "/").await;
         assert_eq!((status, body.as_str()), (StatusCode::OK, "hi\n"));
         assert_eq!(headers["x-config-generation"], "7");
+        assert_eq!(headers[header::CONTENT_TYPE], "text/plain; charset=utf-8");
         assert!(headers.get(header::CONNECTION).is_none());
         assert_eq!(get(&app, "/healthz").await.0, StatusCode::OK);
         assert_eq!(get(&app, "/readyz").await.0, StatusCode::OK);

@@ -192,14 +192,13 @@ pub async fn run(
                 request = requests.recv() => request,
                 finished = outcome(&mut upgrading) => {
                     upgrading = None;
-                    let result = finished.unwrap_or_else(|e| {
-                        Err(UpgradeError::Spawn { path: upgrades.successor.exe().to_owned(), source: std::io::Error::other(e) })
-                    });
-                    match result {
+                    match finished {
                         Ok(pid) => break Some((pid, upgrade_started)),
                         Err(error) => {
                             tracing::error!(%error, "upgrade failed; serving on");
-                            Verdict::new(upgrade_started, false, format!("upgrade failed, PID {} serves on: {error}", std::process::id()))
+                            let pid = std::process::id();
+                            let message = format!("upgrade failed, PID {pid} serves on: {error}");
+                            Verdict::new(upgrade_started, false, message)
                                 .publish(upgrades.verdict_file.as_deref());
                             notifier.status(&format!("serving on {serving}; upgrade failed: {error}"));
                             continue;
@@ -230,13 +229,18 @@ pub async fn run(
                     successor.start(&inherit, timeout).await
                 }));
             }
-            Some(Request::Drain) | None => break None,
-            Some(Request::Exit) => {
-                tracing::warn!(
-                    open_connections = metrics.open_connections(),
-                    "exiting at once on request"
-                );
-                return Stopped::Exited;
+            stop @ (Some(Request::Drain | Request::Exit) | None) => {
+                if let Some(task) = upgrading.take() {
+                    // Cancelling the start kills the successor: it must not outlive a stop.
+                    task.abort();
+                    tracing::warn!("upgrade cancelled by the stop request");
+                }
+                if stop == Some(Request::Exit) {
+                    let open = metrics.open_connections();
+                    tracing::warn!(open_connections = open, "exiting at once on request");
+                    return Stopped::Exited;
+                }
+                break None;
             }
         }
     };
@@ -320,9 +324,11 @@ async fn finish_drain(
 /// The outcome of the upgrade under way; never resolves when there is none.
 async fn outcome(
     upgrading: &mut Option<JoinHandle<Result<i32, UpgradeError>>>,
-) -> Result<Result<i32, UpgradeError>, tokio::task::JoinError> {
+) -> Result<i32, UpgradeError> {
     match upgrading {
-        Some(task) => task.await,
+        Some(task) => task
+            .await
+            .unwrap_or_else(|e| Err(UpgradeError::Aborted(e.to_string()))),
         None => std::future::pending().await,
     }
 }

@@ -71,6 +71,9 @@ pub enum UpgradeError {
         /// How it ended (exit status 127: the binary could not be executed).
         status: String,
     },
+    /// The task starting the successor ended abnormally.
+    #[error("the upgrade was aborted: {0}")]
+    Aborted(String),
     /// The successor did not report ready in time and was killed.
     #[error("the new process (PID {pid}) was not ready within {}; killed it", humantime::format_duration(*.timeout))]
     NotReady {
@@ -113,7 +116,11 @@ impl Successor {
     ) -> Result<i32, UpgradeError> {
         let (ready_rx, ready_tx) = std::io::pipe().map_err(|source| self.spawn_error(source))?;
         let pid = self.spawn(sockets, OwnedFd::from(ready_tx))?;
+        // Should this future be dropped (the upgrade cancelled by a stop), the successor dies
+        // with it rather than serve on beside whatever starts next.
+        let guard = KillOnDrop(Some(pid));
         let ready = tokio::time::timeout(ready_timeout, wait_ready(OwnedFd::from(ready_rx))).await;
+        guard.disarm();
         match ready {
             Ok(true) => Ok(pid.as_raw()),
             Ok(false) => {
@@ -235,6 +242,27 @@ impl Successor {
                 tracing::info!(pid = child.as_raw(), exe = %self.exe.display(), "started the new process");
                 Ok(child)
             }
+        }
+    }
+}
+
+/// Kills a successor that is still starting when its start is abandoned.
+struct KillOnDrop(Option<Pid>);
+
+impl KillOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = kill(pid, Signal::SIGKILL);
+            tracing::warn!(
+                pid = pid.as_raw(),
+                "killed the new process: its upgrade was cancelled"
+            );
         }
     }
 }

@@ -256,3 +256,39 @@ async fn a_second_upgrade_is_refused_while_one_runs() {
     );
     assert_eq!(pid_answering(&systemd), old.pid);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_during_an_upgrade_kills_the_successor() {
+    become_subreaper();
+    let systemd = systemd_with_replaceable_binary();
+    systemd.write_config("[upgrade]\nready_timeout = \"20s\"\n");
+    let mut old = systemd.start_ready().await;
+    install_script(&systemd.bin, "#!/bin/sh\nexec sleep 30\n");
+    old.signal(Signal::SIGUSR2);
+    let deadline = std::time::Instant::now() + support::PATIENCE;
+    let successor = loop {
+        let stderr = old.stderr();
+        if let Some(pid) = stderr
+            .lines()
+            .find(|l| l.contains("started the new process"))
+            .and_then(|l| l.split("pid=").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|pid| pid.parse::<i32>().ok())
+        {
+            break pid;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no successor started: {stderr}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    old.signal(Signal::SIGTERM);
+    assert_eq!(tokio::task::block_in_place(|| old.wait()).code(), Some(0));
+    // The successor was killed, not left to serve beside whatever starts next.
+    let status = tokio::task::block_in_place(|| waitpid(Pid::from_raw(successor), None));
+    assert_eq!(
+        status.expect("waitpid"),
+        WaitStatus::Signaled(Pid::from_raw(successor), Signal::SIGKILL, false)
+    );
+}
