@@ -182,3 +182,60 @@ async fn over_the_connection_limit_gets_503() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// HTTP/2 clients learn about the drain from GOAWAY, which names the last stream processed:
+/// a stream in flight completes, and the connection then closes cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_in_flight_complete_and_the_connection_gets_goaway() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper::body::Bytes;
+
+    let systemd = Systemd::new();
+    systemd.write_config("[demo]\nslow_endpoint = true\n");
+    let mut service = systemd.start_ready().await;
+    let stream = tokio::net::TcpStream::connect(systemd.addr)
+        .await
+        .expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("h2c handshake");
+    let connection = tokio::spawn(connection);
+    let request = |path: &str| {
+        hyper::Request::get(format!("http://test{path}"))
+            .body(Empty::<Bytes>::new())
+            .expect("request")
+    };
+    let warm = sender
+        .send_request(request("/"))
+        .await
+        .expect("first request");
+    assert_eq!(warm.version(), hyper::Version::HTTP_2);
+    let slow = tokio::spawn(sender.send_request(request("/slow?ms=800")));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    service.signal(Signal::SIGTERM);
+    let response = slow
+        .await
+        .expect("join")
+        .expect("the stream in flight completes");
+    assert_eq!(response.status(), 200);
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    assert_eq!(&body[..], b"slept 800 ms\n");
+    let closed = tokio::time::timeout(support::PATIENCE, connection).await;
+    assert!(
+        matches!(closed, Ok(Ok(Ok(())))),
+        "GOAWAY closes the connection cleanly: {closed:?}"
+    );
+    assert_eq!(
+        tokio::task::block_in_place(|| service.wait()).code(),
+        Some(0)
+    );
+}
