@@ -32,6 +32,9 @@ pub const DEFAULT_DIR: &str = "/etc/seamless";
 pub const DROP_IN_DIR: &str = "seamless.d";
 /// Prefix of environment variables that override keys.
 pub const ENV_PREFIX: &str = "SEAMLESS_";
+/// Longest duration any key accepts. Far beyond any sensible timeout, and far from the limits
+/// of the clocks the durations are added to (which panic on overflow).
+const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 /// Smallest `http.max_header_bytes`: hyper's read buffer cannot be smaller.
 const MIN_HEADER_BYTES: usize = 8192;
 /// Set by systemd for units with `ConfigurationDirectory=`.
@@ -184,12 +187,12 @@ pub enum ConfigError {
         path: PathBuf,
     },
     /// A file or the drop-in directory exists but cannot be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {reason}")]
     Unreadable {
         /// The file or directory.
         path: PathBuf,
-        /// What the operating system said.
-        source: std::io::Error,
+        /// What the operating system said (printed here, so not a `source`).
+        reason: std::io::Error,
     },
     /// Syntax error, unknown key, wrong type or bad value.
     #[error("{0}")]
@@ -250,7 +253,12 @@ impl Loader {
         figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
 
         let config: Config = figment.extract().map_err(|e| describe(&figment, e))?;
-        config.validate().map_err(|(key, what)| {
+        config.validate().map_err(|(mut key, what)| {
+            // A rule between two keys is broken by whichever one was set: blame that one, so
+            // the message names the file (or variable) to fix rather than the defaults.
+            if key == "shutdown.linger" && is_default(&figment, key) {
+                key = "shutdown.drain_timeout";
+            }
             ConfigError::Invalid(InvalidConfig {
                 errors: vec![format!("{}: key `{key}`: {what}", source_of(&figment, key))],
             })
@@ -269,13 +277,13 @@ impl Loader {
         let entries = match std::fs::read_dir(&dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(source) => return Err(ConfigError::Unreadable { path: dir, source }),
+            Err(reason) => return Err(ConfigError::Unreadable { path: dir, reason }),
         };
         let mut files = Vec::new();
         for entry in entries {
-            let entry = entry.map_err(|source| ConfigError::Unreadable {
+            let entry = entry.map_err(|reason| ConfigError::Unreadable {
                 path: dir.clone(),
-                source,
+                reason,
             })?;
             let path = entry.path();
             if path.extension() == Some(OsStr::new("toml")) && readable_file(&path, true)? {
@@ -316,6 +324,22 @@ impl Config {
         if let Some((key, _)) = positive.iter().find(|(_, ok)| !ok) {
             return Err((key, "must be greater than zero".to_owned()));
         }
+        let durations: [(&'static str, Duration); 5] = [
+            ("http.header_read_timeout", self.http.header_read_timeout),
+            ("http.request_timeout", self.http.request_timeout),
+            ("shutdown.drain_timeout", self.shutdown.drain_timeout),
+            ("shutdown.linger", self.shutdown.linger),
+            ("upgrade.ready_timeout", self.upgrade.ready_timeout),
+        ];
+        if let Some((key, _)) = durations.iter().find(|(_, d)| *d > MAX_DURATION) {
+            return Err((
+                key,
+                format!(
+                    "must be at most {}",
+                    humantime::format_duration(MAX_DURATION)
+                ),
+            ));
+        }
         if self.http.max_header_bytes < MIN_HEADER_BYTES {
             return Err((
                 "http.max_header_bytes",
@@ -355,9 +379,9 @@ fn readable_file(path: &Path, required: bool) -> Result<bool, ConfigError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ConfigError::NotFound {
             path: path.to_owned(),
         }),
-        Err(source) => Err(ConfigError::Unreadable {
+        Err(reason) => Err(ConfigError::Unreadable {
             path: path.to_owned(),
-            source,
+            reason,
         }),
     }
 }
@@ -393,8 +417,17 @@ fn describe(figment: &Figment, error: figment::Error) -> ConfigError {
 fn source_name(source: &figment::Source) -> String {
     match source {
         figment::Source::File(path) => path.display().to_string(),
+        // Only `Config::default()` is layered from code.
+        figment::Source::Code(_) => "built-in defaults".to_owned(),
         other => other.to_string(),
     }
+}
+
+/// Whether `key` still has its built-in default (no file or variable set it).
+fn is_default(figment: &Figment, key: &str) -> bool {
+    figment
+        .find_metadata(key)
+        .is_none_or(|meta| matches!(meta.source, Some(figment::Source::Code(_))))
 }
 
 /// The variable that sets `path`: `http.max_connections` → `SEAMLESS_HTTP__MAX_CONNECTIONS`.

@@ -61,20 +61,20 @@ pub enum ListenerError {
         names: String,
     },
     /// Binding the self-bound address failed.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {reason}")]
     Bind {
         /// The address from `http.listen`.
         addr: SocketAddr,
-        /// What the operating system said.
-        source: std::io::Error,
+        /// What the operating system said (printed here, so not a `source`).
+        reason: std::io::Error,
     },
     /// Handing a socket to tokio failed.
-    #[error("cannot register socket {name} with the runtime: {source}")]
+    #[error("cannot register socket {name} with the runtime: {reason}")]
     Register {
         /// The socket's name.
         name: String,
-        /// What went wrong.
-        source: std::io::Error,
+        /// What went wrong (printed here, so not a `source`).
+        reason: std::io::Error,
     },
 }
 
@@ -306,9 +306,9 @@ impl Passed {
         self.sockets
             .into_iter()
             .map(|(name, socket)| {
-                let register = |source| ListenerError::Register {
+                let register = |reason| ListenerError::Register {
                     name: name.clone(),
-                    source,
+                    reason,
                 };
                 let listener = if socket.domain().map_err(register)? == Domain::UNIX {
                     let std = std::os::unix::net::UnixListener::from(OwnedFd::from(socket));
@@ -327,7 +327,7 @@ impl Passed {
 pub async fn bind(addr: SocketAddr) -> Result<Vec<Named>, ListenerError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|source| ListenerError::Bind { addr, source })?;
+        .map_err(|reason| ListenerError::Bind { addr, reason })?;
     Ok(vec![Named {
         name: HTTP_NAME.to_owned(),
         listener: Listener::Tcp(listener),

@@ -23,7 +23,7 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -50,6 +50,10 @@ use crate::verdict::Verdict;
 
 /// Extra stop time asked of systemd beyond the drain deadline, for logging and exit.
 const STOP_MARGIN: Duration = Duration::from_secs(5);
+/// What a connection has carried so far: nothing, HTTP/1 requests, or HTTP/2 requests.
+const NOTHING_YET: u8 = 0;
+const HTTP1: u8 = 1;
+const HTTP2: u8 = 2;
 /// Pause after a failed `accept` (e.g. out of fds) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// How long a connection over `http.max_connections` may take to read its `503`.
@@ -275,7 +279,7 @@ pub async fn run(
         }
         None => {
             notifier.stopping(&format!("draining {open} connections"));
-            notifier.extend_timeout(deadline + STOP_MARGIN);
+            notifier.extend_timeout(deadline.saturating_add(STOP_MARGIN));
             tracing::info!(
                 open_connections = open,
                 deadline_ms = millis(deadline),
@@ -461,13 +465,16 @@ where
     // Connection settings come from the generation current at accept time; each request
     // then picks the generation current when it arrives.
     let settings = live.load_full();
-    let http2 = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(AtomicU8::new(NOTHING_YET));
     let service = {
-        let (http2, peer) = (http2.clone(), peer.clone());
+        let (seen, peer) = (seen.clone(), peer.clone());
         hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-            if request.version() == Version::HTTP_2 {
-                http2.store(true, Ordering::Relaxed);
-            }
+            let protocol = if request.version() == Version::HTTP_2 {
+                HTTP2
+            } else {
+                HTTP1
+            };
+            seen.store(protocol, Ordering::Relaxed);
             request.extensions_mut().insert(peer.clone());
             live.load().router.clone().oneshot(request)
         })
@@ -475,13 +482,26 @@ where
     let connection = settings.builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
 
+    // hyper times out slow request heads, but not a client that sends nothing at all (its
+    // HTTP/1-or-2 detection waits without a deadline): such a client would hold a connection
+    // slot forever. Without a request by `header_read_timeout`, drop it.
+    let silent = async {
+        tokio::time::sleep(settings.config.http.header_read_timeout).await;
+        if seen.load(Ordering::Relaxed) != NOTHING_YET {
+            std::future::pending::<()>().await;
+        }
+    };
     let finished = tokio::select! {
         result = connection.as_mut() => Some(result),
         () = watch.started() => None,
+        () = silent => {
+            tracing::debug!(peer = &*peer.0, "no request within http.header_read_timeout; closing");
+            return;
+        }
     };
     let result = match finished {
         Some(result) => result,
-        None if http2.load(Ordering::Relaxed) => {
+        None if seen.load(Ordering::Relaxed) == HTTP2 => {
             connection.as_mut().graceful_shutdown();
             connection.await
         }

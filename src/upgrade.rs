@@ -56,12 +56,12 @@ pub enum UpgradeError {
         reason: String,
     },
     /// Preparing or starting the successor failed.
-    #[error("cannot start {path}: {source}")]
+    #[error("cannot start {path}: {reason}")]
     Spawn {
         /// The binary.
         path: PathBuf,
-        /// What the kernel said.
-        source: io::Error,
+        /// What the kernel said (printed here, so not a `source`).
+        reason: io::Error,
     },
     /// The successor exited before it was ready.
     #[error("the new process (PID {pid}) exited before it was ready: {status}")]
@@ -141,10 +141,10 @@ impl Successor {
         }
     }
 
-    fn spawn_error(&self, source: io::Error) -> UpgradeError {
+    fn spawn_error(&self, reason: io::Error) -> UpgradeError {
         UpgradeError::Spawn {
             path: self.exe.clone(),
-            source,
+            reason,
         }
     }
 

@@ -116,14 +116,14 @@ pub enum RequestError {
     )]
     NoRuntimeDirectory(PathBuf),
     /// The signal could not be sent.
-    #[error("cannot send {signal} to PID {pid}: {source}")]
+    #[error("cannot send {signal} to PID {pid}: {reason}")]
     Signal {
         /// The signal.
         signal: Signal,
         /// The target.
         pid: i32,
-        /// What the kernel said.
-        source: nix::Error,
+        /// What the kernel said (printed here, so not a `source`).
+        reason: nix::Error,
     },
     /// No verdict in time.
     #[error("PID {pid} did not report a result within {}", humantime::format_duration(*.timeout))]
@@ -167,14 +167,15 @@ pub fn request(
             return Err(RequestError::Busy(current.message));
         }
     }
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).map_err(|source| {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).map_err(|reason| {
         RequestError::Signal {
             signal,
             pid,
-            source,
+            reason,
         }
     })?;
-    let deadline = Instant::now() + timeout;
+    // An absurd --timeout means "wait as long as it takes", not a panic.
+    let deadline = Instant::now().checked_add(timeout);
     loop {
         let current = Verdict::read(&path);
         if let Some(verdict) = current.filter(|v| v.started_usec >= sent_usec && !v.pending) {
@@ -184,7 +185,7 @@ pub fn request(
                 Err(RequestError::Refused(verdict.message))
             };
         }
-        if Instant::now() >= deadline {
+        if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
             return Err(RequestError::Timeout { pid, timeout });
         }
         // Reloads take well under a millisecond; polling briefly keeps `systemctl reload`

@@ -1,0 +1,456 @@
+//! Properties of the two parsers every start and reload goes through, over arbitrary input:
+//!
+//! - `ActivationEnv::parse` (the `LISTEN_*` variables) never panics, takes exactly the fds
+//!   systemd would have passed, ignores variables meant for another process, and refuses
+//!   garbage with an error naming the variable;
+//! - `Loader::load` never panics on any file content, and what it accepts survives a round trip
+//!   through its own serialisation; what it refuses is refused with one line naming the file.
+//!
+//! Failures proptest finds are kept in `tests/properties.proptest-regressions` and replayed
+//! first on every run.
+
+use std::path::Path;
+
+use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
+use seamless::Config;
+use seamless::config::Loader;
+use seamless::listeners::{
+    ActivationEnv, LISTEN_FDNAMES, LISTEN_FDS, LISTEN_FDS_START, LISTEN_PID, ListenerError,
+};
+
+/// Mirrors the private limit in `src/listeners.rs`: more passed fds is certainly garbage.
+const MAX_LISTEN_FDS: usize = 1024;
+
+fn config() -> ProptestConfig {
+    ProptestConfig {
+        cases: 256,
+        // Beside this file, as `tests/properties.proptest-regressions`: proptest's default
+        // looks for a crate root next to the source, which integration tests do not have.
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource(
+            "proptest-regressions",
+        ))),
+        ..ProptestConfig::default()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// LISTEN_PID / LISTEN_FDS / LISTEN_FDNAMES
+
+/// Text that is often a number, sometimes almost one, sometimes anything.
+fn number_text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        (0u64..8).prop_map(|n| n.to_string()),
+        (0u64..5000).prop_map(|n| n.to_string()),
+        any::<u64>().prop_map(|n| n.to_string()),
+        "[ \t\n]{0,2}[0-9]{1,4}[ \t\n]{0,2}",
+        "[-+][0-9]{1,4}",
+        "[0-9]{19,25}",
+        "0x[0-9a-f]{1,4}",
+        Just(String::new()),
+        any::<String>(),
+    ]
+}
+
+/// Colon-separated names, sometimes with odd characters, sometimes anything.
+fn names_text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        proptest::collection::vec("[a-z0-9.\\-]{0,8}", 0..8).prop_map(|v| v.join(":")),
+        any::<String>(),
+    ]
+}
+
+/// How `LISTEN_PID` relates to the PID `parse` is given.
+#[derive(Debug, Clone)]
+enum PidText {
+    /// Unset.
+    Unset,
+    /// Our PID, with this padding around it.
+    Ours(String, String),
+    /// Anything else.
+    Text(String),
+}
+
+fn activation() -> impl Strategy<Value = (u32, ActivationEnv)> {
+    let pid = prop_oneof![
+        1 => Just(PidText::Unset),
+        4 => ("[ \t]{0,1}", "[ \t\n]{0,1}").prop_map(|(a, b)| PidText::Ours(a, b)),
+        2 => number_text().prop_map(PidText::Text),
+    ];
+    // Well-formed pairs are rare at random; make sure they are generated too.
+    let consistent = (0usize..6)
+        .prop_flat_map(|n| {
+            proptest::collection::vec("[a-z0-9.]{0,6}", n).prop_map(move |names| (n, names))
+        })
+        .prop_map(|(n, names)| (Some(n.to_string()), Some(names.join(":"))));
+    let anything = (
+        proptest::option::of(number_text()),
+        proptest::option::of(names_text()),
+    );
+    let fds_and_names = prop_oneof![consistent, anything];
+    (any::<u32>(), pid, fds_and_names).prop_map(|(our_pid, pid, (fds, names))| {
+        let pid = match pid {
+            PidText::Unset => None,
+            PidText::Ours(before, after) => Some(format!("{before}{our_pid}{after}")),
+            PidText::Text(text) => Some(text),
+        };
+        (our_pid, ActivationEnv { pid, fds, names })
+    })
+}
+
+/// The variable a `BadVariable` error is about; `None` for any other kind of error.
+fn named_variable(error: &ListenerError) -> Option<&'static str> {
+    let ListenerError::BadVariable { var, .. } = error else {
+        return None;
+    };
+    Some(var)
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn activation_env_parse_is_total_and_exact((our_pid, env) in activation()) {
+        let result = env.parse(our_pid);
+        // None: unset; Some(None): not a number; Some(Some(pid)): a PID.
+        let pid: Option<Option<u32>> = env.pid.as_deref().map(|p| p.trim().parse().ok());
+        match &result {
+            Ok(Some(fds)) => {
+                prop_assert_eq!(pid, Some(Some(our_pid)), "taken only when LISTEN_PID is ours");
+                let count: usize = env
+                    .fds
+                    .as_deref()
+                    .and_then(|f| f.trim().parse().ok())
+                    .expect("taken only with a numeric LISTEN_FDS");
+                prop_assert_eq!(fds.len(), count);
+                prop_assert!(fds.len() <= MAX_LISTEN_FDS);
+                for (i, (fd, _)) in fds.iter().enumerate() {
+                    prop_assert_eq!(i64::from(*fd), i64::from(LISTEN_FDS_START) + i as i64);
+                }
+                let names: Vec<&str> = fds.iter().map(|(_, n)| n.as_str()).collect();
+                match &env.names {
+                    Some(given) => prop_assert_eq!(names, given.split(':').collect::<Vec<_>>()),
+                    None => prop_assert!(names.iter().all(|n| *n == "unknown"), "{:?}", names),
+                }
+            }
+            Ok(None) => prop_assert!(
+                pid.is_none() || matches!(pid, Some(Some(p)) if p != our_pid),
+                "nothing taken although LISTEN_PID is ours: {:?}",
+                env
+            ),
+            Err(error) => {
+                let var = named_variable(error);
+                prop_assert!(var.is_some(), "{}", error);
+                let message = error.to_string();
+                prop_assert!(message.contains(var.unwrap_or_default()), "{}", message);
+                prop_assert!(!message.contains('\n'), "one line: {:?}", message);
+                match pid {
+                    Some(None) => prop_assert_eq!(var, Some(LISTEN_PID)),
+                    Some(Some(p)) => {
+                        prop_assert_eq!(p, our_pid, "another process's variables are no error");
+                        prop_assert!(var == Some(LISTEN_FDS) || var == Some(LISTEN_FDNAMES));
+                    }
+                    None => prop_assert!(false, "no LISTEN_PID is no error: {}", message),
+                }
+            }
+        }
+
+        // Valid input is never refused.
+        let count = env.fds.as_deref().and_then(|f| f.trim().parse::<usize>().ok());
+        let names_match = |n: usize| env.names.as_deref().is_none_or(|s| s.split(':').count() == n);
+        if pid == Some(Some(our_pid)) {
+            if let Some(n) = count.filter(|n| *n <= MAX_LISTEN_FDS && names_match(*n)) {
+                prop_assert!(matches!(&result, Ok(Some(v)) if v.len() == n), "{:?}", result);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Configuration files
+
+fn any_of(items: &'static [&'static str]) -> impl Strategy<Value = String> {
+    proptest::sample::select(items).prop_map(str::to_owned)
+}
+
+fn section() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => any_of(&["http", "log", "shutdown", "demo", "upgrade"]),
+        1 => any_of(&["htttp", "http.extra", "\"http\"", "", "log.level"]),
+        1 => "[a-z_]{1,8}",
+    ]
+}
+
+fn key() -> impl Strategy<Value = String> {
+    prop_oneof![
+        6 => any_of(&[
+            "message", "level", "listen", "max_connections", "header_read_timeout",
+            "request_timeout", "max_header_bytes", "max_body_bytes", "drain_timeout", "linger",
+            "slow_endpoint", "ready_timeout",
+        ]),
+        1 => any_of(&["max_conections", "levle", "\"message\"", "message.x"]),
+        1 => "[a-z_]{1,10}",
+    ]
+}
+
+/// A TOML string literal for `text`, quoted and escaped as TOML requires.
+fn quoted(text: String) -> String {
+    toml::Value::String(text).to_string()
+}
+
+fn duration_text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[0-9]{1,4}(ns|us|ms|s|m|h|d|w|y)",
+        "[0-9]{1,3}s [0-9]{1,3}ms",
+        "[0-9]{1,4} ?[a-z]{0,3}",
+        any_of(&[
+            "0s",
+            "-1s",
+            "soon",
+            "",
+            "18446744073709551615s",
+            "99999999999999999999s"
+        ]),
+    ]
+}
+
+fn value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => duration_text().prop_map(quoted),
+        2 => (0i64..100_000).prop_map(|n| n.to_string()),
+        1 => any::<i64>().prop_map(|n| n.to_string()),
+        1 => any_of(&["99999999999999999999", "1e3", "nan", "inf", "-0", "0x10", "1_000"]),
+        1 => any::<bool>().prop_map(|b| b.to_string()),
+        1 => any_of(&["\"127.0.0.1:0\"", "\"[::1]:8080\"", "\"localhost\"", "\"0.0.0.0:99999\""]),
+        1 => any_of(&["\"info\"", "\"seamless=debug,info\"", "\"info,[[[\"", "\"\""]),
+        2 => any::<String>().prop_map(quoted),
+        1 => any_of(&["[]", "[1, \"a\"]", "{ a = 1 }", "{}", "1979-05-27T07:32:00Z"]),
+        1 => "[^\n]{0,12}",
+    ]
+}
+
+fn line() -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => (key(), value()).prop_map(|(k, v)| format!("{k} = {v}\n")),
+        2 => section().prop_map(|s| format!("[{s}]\n")),
+        1 => (section(), key(), value()).prop_map(|(s, k, v)| format!("{s}.{k} = {v}\n")),
+        1 => section().prop_map(|s| format!("[[{s}]]\n")),
+        1 => "(#[^\n]{0,12})?\n",
+        1 => "[^\n]{0,20}\n",
+    ]
+}
+
+/// A quoted duration, mostly plausible.
+fn duration_value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => "[1-9][0-9]{0,3}(ms|s|m)".prop_map(quoted),
+        2 => duration_text().prop_map(quoted),
+        1 => value(),
+    ]
+}
+
+/// A count, mostly plausible.
+fn count_value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => (0u64..100_000).prop_map(|n| n.to_string()),
+        1 => any_of(&["0", "1", "8191", "8192", "9223372036854775807", "-1"]),
+        1 => value(),
+    ]
+}
+
+fn string_value(plausible: &'static [&'static str]) -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => any_of(plausible).prop_map(quoted),
+        1 => any::<String>().prop_map(quoted),
+        1 => value(),
+    ]
+}
+
+fn bool_value() -> impl Strategy<Value = String> {
+    prop_oneof![4 => any::<bool>().prop_map(|b| b.to_string()), 1 => value()]
+}
+
+/// A section name (empty for the top level) and its keys, each with a value or left out.
+type Section = (&'static str, Vec<(&'static str, Option<String>)>);
+
+/// Each known key with probability 0.4, with a value that is usually of the right kind: a
+/// configuration that is well-formed TOML with the real keys, so validation gets exercised.
+fn known_keys() -> impl Strategy<Value = String> {
+    let some = |s: BoxedStrategy<String>| proptest::option::weighted(0.4, s);
+    (
+        some(string_value(&["hello", "", "line\nbreak", "\u{0}"]).boxed()),
+        some(
+            string_value(&[
+                "info",
+                "debug",
+                "seamless=debug,info",
+                "warn,hyper=off",
+                "info,[[[",
+            ])
+            .boxed(),
+        ),
+        some(string_value(&["127.0.0.1:0", "[::1]:8080", "0.0.0.0:80", "localhost:80"]).boxed()),
+        some(count_value().boxed()),
+        some(duration_value().boxed()),
+        some(duration_value().boxed()),
+        some(count_value().boxed()),
+        some(count_value().boxed()),
+        some(duration_value().boxed()),
+        some(duration_value().boxed()),
+        some(duration_value().boxed()),
+        some(bool_value().boxed()),
+    )
+        .prop_map(
+            |(
+                message,
+                level,
+                listen,
+                max_conn,
+                header,
+                request,
+                head,
+                body,
+                drain,
+                linger,
+                ready,
+                slow,
+            )| {
+                let sections: [Section; 6] = [
+                    ("", vec![("message", message)]),
+                    ("log", vec![("level", level)]),
+                    (
+                        "http",
+                        vec![
+                            ("listen", listen),
+                            ("max_connections", max_conn),
+                            ("header_read_timeout", header),
+                            ("request_timeout", request),
+                            ("max_header_bytes", head),
+                            ("max_body_bytes", body),
+                        ],
+                    ),
+                    (
+                        "shutdown",
+                        vec![("drain_timeout", drain), ("linger", linger)],
+                    ),
+                    ("upgrade", vec![("ready_timeout", ready)]),
+                    ("demo", vec![("slow_endpoint", slow)]),
+                ];
+                let mut text = String::new();
+                for (section, keys) in sections {
+                    let keys: Vec<_> = keys
+                        .into_iter()
+                        .filter_map(|(k, v)| Some((k, v?)))
+                        .collect();
+                    if keys.is_empty() {
+                        continue;
+                    }
+                    if !section.is_empty() {
+                        text.push_str(&format!("[{section}]\n"));
+                    }
+                    for (key, value) in keys {
+                        text.push_str(&format!("{key} = {value}\n"));
+                    }
+                }
+                text
+            },
+        )
+}
+
+/// Mostly the real keys with plausible values, else a soup of TOML-ish lines, arbitrary text,
+/// or arbitrary bytes.
+fn file_content() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        6 => known_keys().prop_map(String::into_bytes),
+        3 => proptest::collection::vec(line(), 0..10).prop_map(|lines| lines.concat().into_bytes()),
+        1 => any::<String>().prop_map(String::into_bytes),
+        1 => proptest::collection::vec(any::<u8>(), 0..64),
+    ]
+}
+
+/// One case: the error names the file at fault, on one line; or the configuration is valid and
+/// loads again, unchanged, from its own serialisation.
+fn check_load(loader: &Loader, at_fault: &Path) -> Result<(), TestCaseError> {
+    match loader.load() {
+        Ok(config) => {
+            check_invariants(&config)?;
+            let text = toml::to_string(&config)
+                .map_err(|e| TestCaseError::fail(format!("{config:?} does not serialise: {e}")))?;
+            let dir = tempfile::tempdir().expect("tempdir");
+            let again = dir.path().join("seamless.toml");
+            std::fs::write(&again, &text).expect("write");
+            match Loader::new(Some(again)).load() {
+                Ok(reloaded) => prop_assert_eq!(reloaded, config, "from:\n{}", text),
+                Err(e) => prop_assert!(false, "own serialisation refused: {}\n{}", e, text),
+            }
+        }
+        Err(error) => {
+            let message = error.to_string();
+            prop_assert!(!message.contains('\n'), "one line: {:?}", message);
+            let file = at_fault.display().to_string();
+            prop_assert!(
+                message.contains(&file),
+                "{:?} does not name {}",
+                message,
+                file
+            );
+        }
+    }
+    Ok(())
+}
+
+/// What `Config::validate` promises about any configuration it lets through.
+fn check_invariants(config: &Config) -> Result<(), TestCaseError> {
+    prop_assert!(config.http.max_connections > 0);
+    prop_assert!(config.http.max_header_bytes >= 8192);
+    prop_assert!(!config.http.header_read_timeout.is_zero());
+    prop_assert!(!config.http.request_timeout.is_zero());
+    prop_assert!(!config.shutdown.drain_timeout.is_zero());
+    prop_assert!(config.shutdown.linger <= config.shutdown.drain_timeout);
+    prop_assert!(
+        config
+            .log
+            .level
+            .parse::<tracing_subscriber::filter::EnvFilter>()
+            .is_ok()
+    );
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn main_file_loads_round_trips_or_names_itself(content in file_content()) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let main = dir.path().join("seamless.toml");
+        std::fs::write(&main, &content).expect("write");
+        check_load(&Loader::new(Some(main.clone())), &main)?;
+    }
+
+    #[test]
+    fn drop_in_loads_round_trips_or_names_itself(content in file_content()) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let main = dir.path().join("seamless.toml");
+        std::fs::write(&main, "").expect("write");
+        std::fs::create_dir(dir.path().join("seamless.d")).expect("mkdir");
+        let drop_in = dir.path().join("seamless.d").join("50-case.toml");
+        std::fs::write(&drop_in, &content).expect("write");
+        check_load(&Loader::new(Some(main)), &drop_in)?;
+    }
+}
+
+/// The case proptest shrank `main_file_loads_round_trips_or_names_itself` to: only
+/// `shutdown.drain_timeout` is set, below the default `shutdown.linger`.
+#[test]
+fn regression_drain_timeout_below_the_default_linger_names_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let main = dir.path().join("seamless.toml");
+    std::fs::write(&main, "[shutdown]\ndrain_timeout = \"1ms\"\n").expect("write");
+    let error = Loader::new(Some(main.clone()))
+        .load()
+        .expect_err("linger (1s by default) exceeds the drain timeout");
+    let message = error.to_string();
+    assert!(message.contains(&main.display().to_string()), "{message}");
+    assert!(!message.contains("src/config.rs"), "{message}");
+}
