@@ -85,11 +85,20 @@ fn check_config(loader: &Loader) -> anyhow::Result<u8> {
 }
 
 fn serve(loader: Loader) -> anyhow::Result<u8> {
-    // Before any thread exists: these read and unset the upgrade pipe variable and LISTEN_*,
-    // and take the fds. The pipe variable goes first: it shares the SEAMLESS_ prefix with the
-    // configuration's environment layer.
-    let parent_ready = upgrade::take_ready_fd();
+    // First, before any thread exists and before the configuration's SEAMLESS_* environment
+    // layer is read: when started by `seamless upgrade`, the pipe back to the old process.
+    let mut parent = upgrade::take_parent();
+    let result = serve_with(loader, &mut parent);
+    if let (Err(error), Some(parent)) = (&result, parent) {
+        // The old process serves on and tells `seamless upgrade` why.
+        parent.report_failure(&format!("{error:#}"));
+    }
+    result
+}
+
+fn serve_with(loader: Loader, parent: &mut Option<upgrade::Parent>) -> anyhow::Result<u8> {
     let config = loader.load()?;
+    // Before any thread exists: reads and unsets LISTEN_* and takes the fds.
     let passed = listeners::take_from_env()?;
     let (log, _) = logging::init(&config.log.level);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -106,7 +115,7 @@ fn serve(loader: Loader) -> anyhow::Result<u8> {
         };
         let reloader =
             reload::Reloader::new(loader, config, Some(log)).socket_activated(socket_activated);
-        let upgrades = server::Upgrades::of_this_process(parent_ready);
+        let upgrades = server::Upgrades::of_this_process(parent.take());
         anyhow::Ok(server::run(listeners, reloader, requests, upgrades).await)
     })?;
     // Connections cut by a deadline or an exit request are dropped here, without waiting.

@@ -117,17 +117,17 @@ pub struct Upgrades {
     /// Where the outcome is written for `seamless upgrade`.
     pub verdict_file: Option<PathBuf>,
     /// When this process is itself a successor: the pipe to tell its parent it serves.
-    pub parent_ready: Option<OwnedFd>,
+    pub parent: Option<upgrade::Parent>,
 }
 
 impl Upgrades {
     /// Upgrades to the binary at this process's install path, reporting to
     /// `$RUNTIME_DIRECTORY/upgrade-verdict`.
-    pub fn of_this_process(parent_ready: Option<OwnedFd>) -> Self {
+    pub fn of_this_process(parent: Option<upgrade::Parent>) -> Self {
         Upgrades {
             successor: Successor::of_this_process(),
             verdict_file: crate::verdict::default_path(upgrade::VERDICT_FILE),
-            parent_ready,
+            parent,
         }
     }
 }
@@ -180,8 +180,8 @@ pub async fn run(
         "serving on {serving}; config generation {generation}"
     ));
     tracing::info!(generation, pid = std::process::id(), "ready");
-    if let Some(parent) = upgrades.parent_ready.take() {
-        upgrade::report_ready(parent);
+    if let Some(parent) = upgrades.parent.take() {
+        parent.report_ready();
         tracing::info!("took over from the previous process");
     }
 

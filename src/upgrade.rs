@@ -7,9 +7,12 @@
 //! 1. starts the file at its install path — the new binary a package just put there, not the
 //!    deleted inode it runs from — with the same arguments, passing every listening socket the
 //!    way systemd does (fds from 3, `LISTEN_FDS`, `LISTEN_FDNAMES`, `LISTEN_PID` = the child's
-//!    PID) plus one pipe, [`READY_FD`];
-//! 2. the successor loads and validates its configuration, serves, and writes one byte to the
-//!    pipe once it has sent `READY=1`;
+//!    PID) plus one pipe, [`READY_FD`]. It forks twice: the successor must not be our child,
+//!    because systemd only supervises (waits for, drains on stop) a main process that is its
+//!    own child — one it merely adopted through `MAINPID=` it kills outright on stop. With the
+//!    middle process gone at once, the successor is re-parented to systemd before the handover;
+//! 2. the successor reports over the pipe, one line each: its PID (before `exec`), then `ready`
+//!    once it has sent `READY=1` — or `error …` with the reason it could not start;
 //! 3. the old process tells systemd the successor is the main process now (`MAINPID=`, then
 //!    `BARRIER=1` so systemd has read it before the old process exits), stops accepting, runs
 //!    the same zero-drop drain as on `SIGTERM`, and exits 0.
@@ -26,9 +29,9 @@ use std::time::Duration;
 
 use nix::fcntl::{FcntlArg, fcntl};
 use nix::sys::signal::{Signal, kill};
-use nix::sys::wait::{WaitStatus, waitpid};
+use nix::sys::wait::waitpid;
 use nix::unistd::{ForkResult, Pid, fork};
-use tokio::io::AsyncReadExt;
+use tokio::io::AsyncBufReadExt;
 
 use crate::listeners::{LISTEN_FDNAMES, LISTEN_FDS, LISTEN_FDS_START, LISTEN_PID};
 
@@ -63,13 +66,20 @@ pub enum UpgradeError {
         /// What the kernel said (printed here, so not a `source`).
         reason: io::Error,
     },
-    /// The successor exited before it was ready.
-    #[error("the new process (PID {pid}) exited before it was ready: {status}")]
+    /// The successor said why it could not start (e.g. its configuration is invalid).
+    #[error("the new process (PID {pid}) could not start: {reason}")]
+    Failed {
+        /// Its PID.
+        pid: i32,
+        /// What it reported.
+        reason: String,
+    },
+    /// The successor ended before it was ready without saying why (it crashed, or is not
+    /// seamless at all).
+    #[error("the new process (PID {pid}) exited before it was ready")]
     Exited {
         /// Its PID.
         pid: i32,
-        /// How it ended (exit status 127: the binary could not be executed).
-        status: String,
     },
     /// The task starting the successor ended abnormally.
     #[error("the upgrade was aborted: {0}")]
@@ -108,37 +118,55 @@ impl Successor {
     }
 
     /// Starts the successor with `sockets` and waits until it serves; returns its PID.
-    /// On failure the successor is gone (killed if need be, and reaped).
+    /// On failure the successor is gone (killed if need be).
     pub async fn start(
         &self,
         sockets: &[(String, OwnedFd)],
         ready_timeout: Duration,
     ) -> Result<i32, UpgradeError> {
-        let (ready_rx, ready_tx) = std::io::pipe().map_err(|source| self.spawn_error(source))?;
-        let pid = self.spawn(sockets, OwnedFd::from(ready_tx))?;
+        let (report_rx, report_tx) = std::io::pipe().map_err(|e| self.spawn_error(e))?;
+        self.spawn(sockets, OwnedFd::from(report_tx))?;
+        let receiver = tokio::net::unix::pipe::Receiver::from_owned_fd(report_rx.into())
+            .map_err(|e| self.spawn_error(e))?;
+        let mut reports = tokio::io::BufReader::new(receiver);
+        let deadline = tokio::time::Instant::now() + ready_timeout;
+
+        // The PID comes first, written by the successor itself just before `exec`.
+        let pid = match next_report(&mut reports, deadline).await {
+            Some(Report::Pid(pid)) => pid,
+            Some(Report::ExecFailed(errno)) => {
+                return Err(UpgradeError::Binary {
+                    path: self.exe.clone(),
+                    reason: io::Error::from_raw_os_error(errno).to_string(),
+                });
+            }
+            _ => {
+                let reason = io::Error::other("the new process did not start");
+                return Err(self.spawn_error(reason));
+            }
+        };
+        tracing::info!(pid, "the new process is starting");
         // Should this future be dropped (the upgrade cancelled by a stop), the successor dies
         // with it rather than serve on beside whatever starts next.
-        let guard = KillOnDrop(Some(pid));
-        let ready = tokio::time::timeout(ready_timeout, wait_ready(OwnedFd::from(ready_rx))).await;
-        guard.disarm();
-        match ready {
-            Ok(true) => Ok(pid.as_raw()),
-            Ok(false) => {
-                // The pipe closed without a byte: the successor exited (or exec failed).
-                let status = reap_blocking(pid, false).await;
-                Err(UpgradeError::Exited {
-                    pid: pid.as_raw(),
-                    status,
-                })
-            }
-            Err(_) => {
-                reap_blocking(pid, true).await;
+        let guard = KillOnDrop(Some(Pid::from_raw(pid)));
+        let outcome = match next_report(&mut reports, deadline).await {
+            Some(Report::Ready) => Ok(pid),
+            Some(Report::ExecFailed(errno)) => Err(UpgradeError::Binary {
+                path: self.exe.clone(),
+                reason: io::Error::from_raw_os_error(errno).to_string(),
+            }),
+            Some(Report::Failed(reason)) => Err(UpgradeError::Failed { pid, reason }),
+            Some(Report::Pid(_)) | None => Err(UpgradeError::Exited { pid }),
+            Some(Report::TimedOut) => {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
                 Err(UpgradeError::NotReady {
-                    pid: pid.as_raw(),
+                    pid,
                     timeout: ready_timeout,
                 })
             }
-        }
+        };
+        guard.disarm();
+        outcome
     }
 
     fn spawn_error(&self, reason: io::Error) -> UpgradeError {
@@ -150,7 +178,7 @@ impl Successor {
 
     /// Forks and executes the successor with the sockets at fds `3..`, the ready pipe after
     /// them, and the environment systemd would give it.
-    fn spawn(&self, sockets: &[(String, OwnedFd)], ready_tx: OwnedFd) -> Result<Pid, UpgradeError> {
+    fn spawn(&self, sockets: &[(String, OwnedFd)], ready_tx: OwnedFd) -> Result<(), UpgradeError> {
         let exe =
             CString::new(self.exe.as_os_str().as_bytes()).map_err(|_| UpgradeError::Binary {
                 path: self.exe.clone(),
@@ -222,27 +250,72 @@ impl Successor {
         let raw_sources: Vec<RawFd> = sources.iter().map(AsRawFd::as_raw_fd).collect();
 
         #[allow(unsafe_code)]
-        // SAFETY: the child only calls async-signal-safe functions (getpid, dup2, execve,
-        // _exit) and writes into buffers allocated before the fork, which stay alive because
-        // `env`, `argv` and the pointer vectors are not touched until after the fork returns.
+        // SAFETY: the children only call async-signal-safe functions (fork, getpid, write,
+        // dup2, execve, _exit) and write into buffers allocated before the fork, which stay
+        // alive because `env`, `argv` and the pointer vectors are not touched until after the
+        // fork returns.
         let forked = unsafe { fork() };
         match forked.map_err(|e| self.spawn_error(e.into()))? {
             ForkResult::Child => {
                 #[allow(unsafe_code)]
                 // SAFETY: see above; this never returns.
                 unsafe {
-                    exec_child(&exe, &argv_ptrs, &envp, pid_value, &raw_sources)
+                    middle_child(&exe, &argv_ptrs, &envp, pid_value, &raw_sources)
                 }
             }
             ForkResult::Parent { child } => {
-                // `sources` (our high copies) and `ready_tx` close here: the child holds the
-                // only write end of the pipe, so its exit shows up as end-of-file.
+                // The middle process exits as soon as it has forked; reap it at once.
+                let _ = waitpid(child, None);
+                // Our copies of the sockets and of the pipe's write end close here: the
+                // successor holds the only writer, so its exit shows up as end-of-file.
                 drop(sources);
                 drop(ready_tx);
-                tracing::info!(pid = child.as_raw(), exe = %self.exe.display(), "started the new process");
-                Ok(child)
+                tracing::info!(exe = %self.exe.display(), "started the new process");
+                Ok(())
             }
         }
+    }
+}
+
+/// One line from the successor.
+#[derive(Debug, PartialEq, Eq)]
+enum Report {
+    /// `pid N`: its PID, written before `exec`.
+    Pid(i32),
+    /// `exec-failed ERRNO`: the binary could not be executed.
+    ExecFailed(i32),
+    /// `ready`: it serves.
+    Ready,
+    /// `error REASON`: it could not start.
+    Failed(String),
+    /// The deadline passed first.
+    TimedOut,
+}
+
+impl Report {
+    fn parse(line: &str) -> Option<Self> {
+        let line = line.trim_end();
+        let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
+        match word {
+            "pid" => rest.parse().ok().map(Report::Pid),
+            "exec-failed" => rest.parse().ok().map(Report::ExecFailed),
+            "ready" => Some(Report::Ready),
+            "error" => Some(Report::Failed(rest.to_owned())),
+            _ => None,
+        }
+    }
+}
+
+/// The next report, `None` at end-of-file (or an unreadable line).
+async fn next_report(
+    reports: &mut tokio::io::BufReader<tokio::net::unix::pipe::Receiver>,
+    deadline: tokio::time::Instant,
+) -> Option<Report> {
+    let mut line = String::new();
+    match tokio::time::timeout_at(deadline, reports.read_line(&mut line)).await {
+        Err(_) => Some(Report::TimedOut),
+        Ok(Ok(0) | Err(_)) => None,
+        Ok(Ok(_)) => Report::parse(&line),
     }
 }
 
@@ -267,14 +340,39 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// The child side of [`Successor::spawn`].
+/// The middle process of [`Successor::spawn`]: forks the successor and exits, so that the
+/// successor is re-parented to systemd (or whichever process reaps orphans here).
+///
+/// # Safety
+///
+/// Call only in a freshly forked child; the contract of [`exec_successor`] applies.
+#[allow(unsafe_code)]
+unsafe fn middle_child(
+    exe: &CString,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+    pid_value: *mut u8,
+    sources: &[RawFd],
+) -> ! {
+    // SAFETY: fork and _exit are async-signal-safe; the rest is `exec_successor`'s contract.
+    unsafe {
+        match libc::fork() {
+            0 => exec_successor(exe, argv, envp, pid_value, sources),
+            // Failure to fork shows up in the parent as end-of-file before any PID.
+            _ => libc::_exit(0),
+        }
+    }
+}
+
+/// The successor side of [`Successor::spawn`]: reports its PID, places the fds, executes.
 ///
 /// # Safety
 ///
 /// Call only in a freshly forked child. `pid_value` must point at `PID_DIGITS` writable bytes;
-/// the pointer arrays must be NULL-terminated and point at NUL-terminated strings.
+/// the pointer arrays must be NULL-terminated and point at NUL-terminated strings; the last of
+/// `sources` is the report pipe.
 #[allow(unsafe_code)]
-unsafe fn exec_child(
+unsafe fn exec_successor(
     exe: &CString,
     argv: &[*const libc::c_char],
     envp: &[*const libc::c_char],
@@ -283,12 +381,12 @@ unsafe fn exec_child(
 ) -> ! {
     // SAFETY: all calls below are async-signal-safe; pointers are valid per the contract.
     unsafe {
-        let mut pid = u32::try_from(libc::getpid()).unwrap_or(0);
-        for i in (0..PID_DIGITS).rev() {
-            // `pid % 10 < 10`, so the cast cannot truncate.
-            *pid_value.add(i) = b'0' + (pid % 10) as u8;
-            pid /= 10;
-        }
+        let report = sources.last().copied().unwrap_or(-1);
+        let pid = u32::try_from(libc::getpid()).unwrap_or(0);
+        let mut digits = [0u8; PID_DIGITS];
+        write_digits(&mut digits, pid);
+        std::ptr::copy_nonoverlapping(digits.as_ptr(), pid_value, PID_DIGITS);
+        write_line(report, b"pid ", &digits);
         for (i, fd) in sources.iter().enumerate() {
             // dup2 leaves the copy without close-on-exec: exactly these fds are inherited.
             if libc::dup2(*fd, LISTEN_FDS_START + fd_number(i)) < 0 {
@@ -296,38 +394,43 @@ unsafe fn exec_child(
             }
         }
         libc::execve(exe.as_ptr(), argv.as_ptr(), envp.as_ptr());
+        let errno = u32::try_from(*libc::__errno_location()).unwrap_or(0);
+        write_digits(&mut digits, errno);
+        write_line(report, b"exec-failed ", &digits);
         // 127, like a shell, for "could not execute".
         libc::_exit(127)
+    }
+}
+
+/// `value` as zero-padded decimal digits, without allocating.
+fn write_digits(out: &mut [u8; PID_DIGITS], mut value: u32) {
+    for digit in out.iter_mut().rev() {
+        // `value % 10 < 10`, so the cast cannot truncate.
+        *digit = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
+}
+
+/// `prefix`, `digits`, newline, in one `write(2)` (atomic on a pipe), without allocating.
+#[allow(unsafe_code)]
+fn write_line(fd: RawFd, prefix: &[u8], digits: &[u8; PID_DIGITS]) {
+    let mut line = [0u8; 32];
+    let len = prefix.len() + PID_DIGITS + 1;
+    if len > line.len() {
+        return;
+    }
+    line[..prefix.len()].copy_from_slice(prefix);
+    line[prefix.len()..prefix.len() + PID_DIGITS].copy_from_slice(digits);
+    line[len - 1] = b'\n';
+    // SAFETY: `line` is valid for `len` bytes; write(2) is async-signal-safe.
+    unsafe {
+        libc::write(fd, line.as_ptr().cast(), len);
     }
 }
 
 /// An fd number from a small count (at most a few thousand sockets).
 fn fd_number(n: usize) -> RawFd {
     RawFd::try_from(n).unwrap_or(RawFd::MAX)
-}
-
-/// Waits for the successor's byte; `false` when the pipe closed without one.
-async fn wait_ready(ready_rx: OwnedFd) -> bool {
-    let Ok(mut pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(ready_rx) else {
-        return false;
-    };
-    let mut byte = [0u8; 1];
-    matches!(pipe.read(&mut byte).await, Ok(1))
-}
-
-/// Kills (if asked) and reaps the successor; returns how it ended.
-async fn reap_blocking(pid: Pid, kill_first: bool) -> String {
-    if kill_first {
-        let _ = kill(pid, Signal::SIGKILL);
-    }
-    tokio::task::spawn_blocking(move || match waitpid(pid, None) {
-        Ok(WaitStatus::Exited(_, code)) => format!("exit status {code}"),
-        Ok(WaitStatus::Signaled(_, signal, _)) => format!("killed by {signal}"),
-        Ok(other) => format!("{other:?}"),
-        Err(e) => format!("cannot reap it: {e}"),
-    })
-    .await
-    .unwrap_or_else(|e| e.to_string())
 }
 
 /// The path this binary was started from. After a package replaced the file,
@@ -342,9 +445,9 @@ pub fn install_path() -> PathBuf {
     }
 }
 
-/// In a successor: takes the ready pipe named by [`READY_FD`], if any, and unsets the variable.
+/// In a successor: takes the pipe named by [`READY_FD`], if any, and unsets the variable.
 /// Call before any thread starts.
-pub fn take_ready_fd() -> Option<OwnedFd> {
+pub fn take_parent() -> Option<Parent> {
     let value = std::env::var(READY_FD).ok();
     #[allow(unsafe_code)]
     // SAFETY: called before the runtime or any other thread starts.
@@ -360,13 +463,25 @@ pub fn take_ready_fd() -> Option<OwnedFd> {
     #[allow(unsafe_code)]
     // SAFETY: the fd is open (checked above), our parent passed it for this purpose alone, and
     // the variable naming it is unset, so it is taken only once.
-    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    Some(Parent(std::fs::File::from(fd)))
 }
 
-/// In a successor: tells the parent we serve. Errors mean the parent is gone; nothing to do.
-pub fn report_ready(fd: OwnedFd) {
-    let mut pipe = std::fs::File::from(fd);
-    let _ = std::io::Write::write_all(&mut pipe, b"R");
+/// In a successor: the pipe to the process that started us.
+#[derive(Debug)]
+pub struct Parent(std::fs::File);
+
+impl Parent {
+    /// Tells the parent we serve. Errors mean the parent is gone; nothing to do then.
+    pub fn report_ready(mut self) {
+        let _ = std::io::Write::write_all(&mut self.0, b"ready\n");
+    }
+
+    /// Tells the parent why we could not start (it reports this to `seamless upgrade`).
+    pub fn report_failure(mut self, reason: &str) {
+        let line = format!("error {}\n", reason.replace('\n', " "));
+        let _ = std::io::Write::write_all(&mut self.0, line.as_bytes());
+    }
 }
 
 /// `seamless upgrade`: sends `SIGUSR2` and waits for the outcome.
@@ -381,6 +496,29 @@ pub fn request(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reports_parse() {
+        assert_eq!(Report::parse("pid 0000012345\n"), Some(Report::Pid(12345)));
+        assert_eq!(
+            Report::parse("exec-failed 0000000002\n"),
+            Some(Report::ExecFailed(2))
+        );
+        assert_eq!(Report::parse("ready\n"), Some(Report::Ready));
+        assert_eq!(
+            Report::parse("error key `x`: unknown field\n"),
+            Some(Report::Failed("key `x`: unknown field".to_owned()))
+        );
+        assert_eq!(Report::parse("pid nope\n"), None);
+        assert_eq!(Report::parse("garbage\n"), None);
+    }
+
+    #[test]
+    fn digits_are_zero_padded() {
+        let mut digits = [0u8; PID_DIGITS];
+        write_digits(&mut digits, 4_194_304);
+        assert_eq!(&digits, b"0004194304");
+    }
 
     #[test]
     fn install_path_strips_deleted_marker() {

@@ -166,16 +166,16 @@ async fn failed_upgrades_leave_the_old_process_serving() {
     let (stop, load) = start_load(&systemd, Mode::KeepAlive);
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    let cases: [(&str, Box<Prepare>, &str); 4] = [
+    let cases: [(&str, Box<Prepare>, &str); 5] = [
         (
             "missing binary",
             Box::new(|s: &Systemd| std::fs::remove_file(&s.bin).expect("rm")),
-            "exit status 127",
+            "No such file or directory",
         ),
         (
             "crashing binary",
             Box::new(|s: &Systemd| install_script(&s.bin, "#!/bin/sh\nexit 3\n")),
-            "exit status 3",
+            "exited before it was ready",
         ),
         (
             "never ready",
@@ -190,7 +190,13 @@ async fn failed_upgrades_leave_the_old_process_serving() {
                     "message = \"old\\n\"\n[upgrade]\nready_timeout = \"1s\"\nunknown_key = 1\n",
                 );
             }),
-            "exit status 78",
+            "could not start: ",
+        ),
+        // The successor's own words reach the operator.
+        (
+            "invalid config, reported",
+            Box::new(|_: &Systemd| {}),
+            "unknown_key",
         ),
     ];
     for (case, prepare, reason) in cases {
@@ -270,7 +276,7 @@ async fn a_stop_during_an_upgrade_kills_the_successor() {
         let stderr = old.stderr();
         if let Some(pid) = stderr
             .lines()
-            .find(|l| l.contains("started the new process"))
+            .find(|l| l.contains("the new process is starting"))
             .and_then(|l| l.split("pid=").nth(1))
             .and_then(|rest| rest.split_whitespace().next())
             .and_then(|pid| pid.parse::<i32>().ok())
