@@ -1,0 +1,698 @@
+# shellcheck shell=bash
+# The e2e scenarios, sourced by run.sh. Each scenario_* function runs against
+# the container $CT (booted, package installed by scenario_install) and reports
+# through check/pass/fail. They run in order and build on each other: the
+# service started by the socket scenario is the one reloaded, restarted,
+# upgraded, killed, stopped and finally purged.
+
+readonly CONFIG=/etc/seamless/seamless.toml
+
+# --- predicates: stdout/stderr become the diagnostic of a failed check --------
+
+expect_eq() {
+	local what=$1 want=$2 got=$3
+	[[ $got == "$want" ]] && return 0
+	printf '%s: expected "%s", got "%s"\n' "$what" "$want" "$got"
+	return 1
+}
+
+expect_ne() {
+	local what=$1 unwanted=$2 got=$3
+	[[ $got != "$unwanted" ]] && return 0
+	printf '%s: got "%s"\n' "$what" "$got"
+	return 1
+}
+
+# expect_match WHAT EXTENDED-REGEX TEXT
+expect_match() {
+	local what=$1 regex=$2 text=$3
+	grep -Eq -- "$regex" <<<"$text" && return 0
+	printf '%s: nothing matches /%s/ in:\n%s\n' "$what" "$regex" "$text"
+	return 1
+}
+
+# expect_all_match EXTENDED-REGEX TEXT...: every TEXT has a matching line.
+expect_all_match() {
+	local regex=$1 text
+	shift
+	for text in "$@"; do
+		expect_match "entry" "$regex" "$text" || return 1
+	done
+}
+
+expect_no_match() {
+	local what=$1 regex=$2 text=$3
+	grep -Eq -- "$regex" <<<"$text" || return 0
+	printf '%s: unexpected /%s/ in:\n%s\n' "$what" "$regex" "$text"
+	return 1
+}
+
+expect_empty() {
+	local what=$1 text=$2
+	[[ -z $text ]] && return 0
+	printf '%s:\n%s\n' "$what" "$text"
+	return 1
+}
+
+# expect_fields KEY=VALUE-LINES FIELD...
+expect_fields() {
+	local entry=$1 field missing=()
+	shift
+	for field in "$@"; do
+		grep -q "^$field=" <<<"$entry" || missing+=("$field")
+	done
+	((${#missing[@]} == 0)) && return 0
+	printf 'missing fields: %s\n' "${missing[*]}"
+	return 1
+}
+
+# fails COMMAND...: COMMAND must fail; its output is the diagnostic otherwise.
+fails() {
+	if "$@" 2>&1; then
+		printf 'succeeded: %s\n' "$*"
+		return 1
+	fi
+}
+
+# Run a command and pass its output through on failure.
+succeeds() {
+	"$@" 2>&1
+}
+
+# wait_until TIMEOUT_SECONDS COMMAND...: poll every 100ms.
+wait_until() {
+	local deadline=$((SECONDS + $1))
+	shift
+	until "$@" >/dev/null 2>&1; do
+		((SECONDS < deadline)) || return 1
+		sleep 0.1
+	done
+}
+
+unit_state_is() {
+	[[ $(unit_prop "$1" ActiveState) == "$2" ]]
+}
+
+# The journal position now, to read only what a step logs afterwards.
+journal_cursor() {
+	in_ct journalctl --quiet --lines=0 --show-cursor | sed -n 's/^-- cursor: //p'
+}
+
+journal_json_after() {
+	local cursor=$1
+	shift
+	in_ct journalctl --no-pager --output=json --after-cursor="$cursor" "$@"
+}
+
+# Filters the suite's own E2E_PORT drop-in (and its directory) out of a file list.
+without_port_dropin() {
+	grep -vxF -e "$PORT_DROPIN" -e "${PORT_DROPIN%/*}" || true
+}
+
+# --- scenarios ---------------------------------------------------------------
+
+scenario_install() {
+	e2e_copy_in "$CT" "$DEB" /root/seamless.deb
+	e2e_copy_in "$CT" "$DEB_UPGRADE" /root/seamless-upgrade.deb
+	if [[ ${ADDR##*:} != "$PACKAGED_PORT" ]]; then
+		put_file "$PORT_DROPIN" "[Socket]"$'\n'"ListenStream="$'\n'"ListenStream=$ADDR"$'\n'
+		printf '# %s: seamless.socket moved to %s by %s\n' "$DIST" "$ADDR" "$PORT_DROPIN"
+	fi
+	local out
+	if out=$(in_ct dpkg -i /root/seamless.deb 2>&1); then
+		pass "dpkg -i $(basename "$DEB")"
+	else
+		fail "dpkg -i $(basename "$DEB")" "$out"
+		return 0
+	fi
+	check "seamless --version runs ($(in_ct seamless --version 2>&1 | head -n1))" \
+		in_ct seamless --version
+}
+
+# The socket listens before the service runs; the first request starts it.
+scenario_socket_activation() {
+	check "seamless.socket is enabled by the package" \
+		expect_eq "is-enabled" enabled "$(in_ct systemctl is-enabled seamless.socket || true)"
+	check "seamless.socket is active after installation" \
+		expect_eq "socket ActiveState" active "$(unit_prop seamless.socket ActiveState)"
+	check "systemd (PID 1) holds the listening socket $ADDR" \
+		expect_match "listening sockets" '"systemd",pid=1,' "$(in_ct ss -Hltnp "sport = :${ADDR##*:}")"
+	check "seamless.service is not running before the first request" \
+		expect_eq "service ActiveState" inactive "$(unit_prop seamless.service ActiveState)"
+
+	local body
+	if body=$(http_get / 2>&1); then
+		pass "first request is answered (body: ${body:0:60})"
+	else
+		fail "first request is answered" "$body"
+	fi
+	check "the first request started seamless.service" \
+		expect_eq "service ActiveState" active "$(unit_prop seamless.service ActiveState)"
+	check "seamless.service was triggered by seamless.socket" \
+		expect_match "TriggeredBy" 'seamless\.socket' "$(unit_prop seamless.service TriggeredBy)"
+	check "service started after the socket was listening" \
+		test "$(unit_prop seamless.service ExecMainStartTimestampMonotonic)" -gt \
+		"$(unit_prop seamless.socket ActiveEnterTimestampMonotonic)"
+}
+
+# Logs reach journald through the native protocol, with priorities and the
+# service's own fields.
+scenario_journal_fields() {
+	local json ready listening
+	json=$(in_ct journalctl --no-pager --output=json --unit=seamless.service)
+	ready=$(journal_entry "$json" 'MESSAGE~^ready$' '_COMM~^seamless$' || true)
+	listening=$(journal_entry "$json" 'MESSAGE~^listening$' '_COMM~^seamless$' || true)
+	if [[ -z $ready || -z $listening ]]; then
+		fail "journal has the service's \"listening\" and \"ready\" events" \
+			"$(in_ct journalctl --no-pager --unit=seamless.service | tail -n 20)"
+		return 0
+	fi
+	pass "journal has the service's \"listening\" and \"ready\" events"
+	check "both came in over the native journal protocol (_TRANSPORT=journal)" \
+		expect_all_match '^_TRANSPORT=journal$' "$ready" "$listening"
+	check "\"ready\" carries a syslog priority ($(grep '^PRIORITY=' <<<"$ready"))" \
+		expect_match "ready" '^PRIORITY=[0-7]$' "$ready"
+	check "\"ready\" carries its source location (CODE_FILE, CODE_LINE)" \
+		expect_fields "$ready" CODE_FILE CODE_LINE
+	# Field names are part of the interface (journalctl GENERATION=3 finds
+	# the entries), so they are pinned: tracing-journald would prefix them
+	# with F_ unless the service sets an empty field prefix.
+	check "\"ready\" carries the configuration generation ($(grep '^GENERATION=' <<<"$ready"))" \
+		expect_match "ready" '^GENERATION=[0-9]+$' "$ready"
+	check "\"listening\" names the socket systemd passed in (SOCKET=http, ADDRESS=$ADDR)" \
+		expect_eq "SOCKET ADDRESS" "http $ADDR" \
+		"$(sed -n 's/^SOCKET=//p' <<<"$listening") $(sed -n 's/^ADDRESS=//p' <<<"$listening")"
+}
+
+# journal_entry JSON-LINES FIELD~REGEX...: the first matching entry as
+# KEY=VALUE lines.
+journal_entry() {
+	local json=$1
+	shift
+	python3 "$HERE/report.py" journal-match "$@" <<<"$json"
+}
+
+# systemctl reload is synchronous: it returns once the new configuration
+# serves, and fails (keeping the old one) when the configuration is broken.
+scenario_reload() {
+	local pid i body out errors=()
+	pid=$(unit_prop seamless.service MainPID)
+	for i in $(seq 1 20); do
+		put_file "$CONFIG" "message = \"reload $i\\n\""$'\n'
+		if ! out=$(in_ct systemctl reload seamless.service 2>&1); then
+			errors+=("reload $i: systemctl reload failed: $out")
+			continue
+		fi
+		body=$(http_get / 2>&1) || true
+		[[ $body == "reload $i" ]] || errors+=("reload $i: next request got \"$body\"")
+	done
+	if ((${#errors[@]} == 0)); then
+		pass "20 reloads: the very next request after each systemctl reload serves the new message"
+	else
+		fail "20 reloads: the very next request after each systemctl reload serves the new message" "${errors[@]}"
+	fi
+	check "reloads kept the same main process" \
+		expect_eq "MainPID" "$pid" "$(unit_prop seamless.service MainPID)"
+
+	reload_broken "syntax error" 'message = '$'\n' 'seamless\.toml'
+	reload_broken "unknown key" 'message = "x"'$'\n''no_such_key = 1'$'\n' 'no_such_key'
+
+	check "reloads and rejected reloads kept the same main process" \
+		expect_eq "MainPID" "$pid" "$(unit_prop seamless.service MainPID)"
+	put_file "$CONFIG" 'message = "after reloads\n"'$'\n'
+	check "a valid configuration reloads again after rejected ones" \
+		succeeds in_ct systemctl reload seamless.service
+	check "... and is served" expect_eq "body" "after reloads" "$(http_get / 2>&1 || true)"
+}
+
+# reload_broken LABEL CONFIG-TEXT REGEX-THE-ERROR-MUST-SHOW
+reload_broken() {
+	local label=$1 text=$2 error_regex=$3 out rc=0 status cursor
+	put_file "$CONFIG" "$text"
+	rc=0
+	out=$(in_ct seamless check-config 2>&1) || rc=$?
+	check "broken config ($label): seamless check-config exits 78" expect_eq "exit status" 78 "$rc"
+
+	cursor=$(journal_cursor)
+	rc=0
+	out=$(in_ct systemctl reload seamless.service 2>&1) || rc=$?
+	check "broken config ($label): systemctl reload exits non-zero" expect_ne "exit status" 0 "$rc"
+
+	status=$(in_ct systemctl status --no-pager --full --lines=20 seamless.service 2>&1 || true)
+	check "broken config ($label): the error is shown by systemctl reload or status" \
+		expect_match "systemctl reload output + status" "$error_regex" "$out"$'\n'"$status"
+	local entry
+	entry=$(journal_entry "$(journal_json_after "$cursor" --unit=seamless.service)" \
+		"*~$error_regex" '_COMM~^seamless$' '_TRANSPORT~^journal$' 'PRIORITY~^[0-3]$' || true)
+	check "broken config ($label): the service logs the error at error priority" \
+		expect_match "journal entry of the service naming the error at PRIORITY<=3" . "$entry"
+	check "broken config ($label): the unit is back to active, not stuck reloading" \
+		wait_until 5 unit_state_is seamless.service active
+	check "broken config ($label): the previous message is still served" \
+		expect_eq "body" "reload 20" "$(http_get / 2>&1 || true)"
+}
+
+# restart_loop COUNT: systemctl restart COUNT times, recording main PIDs and
+# marking each restart in the loadgen events file.
+restart_loop() {
+	local count=$1 events=$2 i out pids=()
+	for i in $(seq 1 "$count"); do
+		printf '%s restart-%d\n' "$(date +%s%N)" "$i" >>"$events"
+		if ! out=$(in_ct systemctl restart seamless.service 2>&1); then
+			echo "restart $i failed: $out"
+		fi
+		pids+=("$(unit_prop seamless.service MainPID)")
+		# Let each new process serve both kinds of clients for a while.
+		sleep 0.5
+	done
+	local distinct
+	distinct=$(printf '%s\n' "${pids[@]}" | grep -v '^0$' | sort -u | wc -l)
+	[[ $distinct == "$count" ]] || echo "expected $count distinct main PIDs, got: ${pids[*]}"
+}
+
+scenario_restart_under_load() {
+	local events=$LOG_DIR/events-restart.txt problems totals rc=0
+	: >"$events"
+	load_start restart "$events"
+	problems=$(restart_loop 10 "$events")
+	totals=$(load_stop 2>&1) || rc=$?
+	check "10 x systemctl restart: each succeeded with a new main process" expect_empty "problems" "$problems"
+	if ((rc == 0)); then
+		pass "10 x systemctl restart under keep-alive + close load: 0 failed requests ($totals)"
+	else
+		fail "10 x systemctl restart under keep-alive + close load: 0 failed requests" \
+			"$totals"$'\n'"$(load_failure_summary)"
+	fi
+	check "seamless.socket stayed active (no start limit hit)" \
+		expect_eq "socket ActiveState/Result" "active/success" \
+		"$(unit_prop seamless.socket ActiveState)/$(unit_prop seamless.socket Result)"
+}
+
+# A package upgrade restarts the service on the new binary but must not touch
+# the socket: restarting it would reset the connections in its queue.
+scenario_upgrade_under_load() {
+	local before_enter before_exit before_inode pid events=$LOG_DIR/events-upgrade.txt
+	before_enter=$(unit_prop seamless.socket ActiveEnterTimestampMonotonic)
+	before_exit=$(unit_prop seamless.socket InactiveExitTimestampMonotonic)
+	before_inode=$(listen_inode)
+	pid=$(unit_prop seamless.service MainPID)
+
+	local out rc=0 totals want_version
+	want_version=$(dpkg-deb --field "$DEB_UPGRADE" Version)
+	: >"$events"
+	load_start upgrade "$events"
+	printf '%s upgrade\n' "$(date +%s%N)" >>"$events"
+	out=$(in_ct dpkg -i /root/seamless-upgrade.deb 2>&1) || rc=$?
+	# Requests to the upgraded process count too.
+	sleep 1
+	local load_rc=0
+	totals=$(load_stop 2>&1) || load_rc=$?
+
+	if ((rc == 0)); then
+		pass "dpkg -i upgrade to $want_version under load"
+	else
+		fail "dpkg -i upgrade to $want_version under load" "$out"
+	fi
+	check "upgraded version is installed" \
+		expect_eq "version" "$want_version" "$(in_ct dpkg-query --show --showformat="\${Version}" seamless)"
+	if ((load_rc == 0)); then
+		pass "upgrade under keep-alive + close load: 0 failed requests ($totals)"
+	else
+		fail "upgrade under keep-alive + close load: 0 failed requests" \
+			"$totals"$'\n'"$(load_failure_summary)"
+	fi
+	check "seamless.socket was not restarted (activation timestamps unchanged)" \
+		expect_eq "ActiveEnter/InactiveExit" "$before_enter/$before_exit" \
+		"$(unit_prop seamless.socket ActiveEnterTimestampMonotonic)/$(unit_prop seamless.socket InactiveExitTimestampMonotonic)"
+	check "the listening socket is the same kernel object ($before_inode)" \
+		expect_eq "listening socket inode" "$before_inode" "$(listen_inode)"
+	local new_pid
+	new_pid=$(unit_prop seamless.service MainPID)
+	check "the service was restarted by the upgrade" expect_ne "MainPID" "$pid" "$new_pid"
+	check "the running process is the new binary (not a deleted file)" \
+		expect_eq "exe" /usr/bin/seamless "$(in_ct readlink "/proc/$new_pid/exe")"
+}
+
+# A crash (SIGKILL) is recovered by systemd; the socket keeps accepting.
+scenario_kill_main() {
+	local pid restarts
+	pid=$(unit_prop seamless.service MainPID)
+	restarts=$(unit_prop seamless.service NRestarts)
+	in_ct kill -KILL "$pid"
+	check "after kill -9 systemd restarts the service (Restart=on-failure)" \
+		wait_until 15 main_pid_replaced "$pid"
+	check "NRestarts went up by one" \
+		expect_eq "NRestarts" "$((restarts + 1))" "$(unit_prop seamless.service NRestarts)"
+	check "the socket kept accepting: a request succeeds" succeeds http_get /
+	check "seamless.socket is still active" \
+		expect_eq "socket ActiveState" active "$(unit_prop seamless.socket ActiveState)"
+}
+
+main_pid_replaced() {
+	local old=$1 now
+	now=$(unit_prop seamless.service MainPID)
+	[[ $now != 0 && $now != "$old" ]] && unit_state_is seamless.service active
+}
+
+# systemctl stop drains: an in-flight request completes, the process exits 0
+# and the service logs its drain.
+scenario_stop() {
+	put_file "$CONFIG" 'message = "stopping\n"'$'\n\n''[demo]'$'\n''slow_endpoint = true'$'\n'
+	check "config with the slow demo endpoint reloads" succeeds in_ct systemctl reload seamless.service
+
+	local slow_out=$LOG_DIR/stop-slow-request.txt cursor curl_pid
+	cursor=$(journal_cursor)
+	# A request still being answered when the stop begins keeps the drain
+	# (and thus the "deactivating" state) open for about two seconds.
+	curl --silent --show-error --max-time 20 --output /dev/null --write-out '%{http_code}' \
+		"http://$ADDR/slow?ms=2500" >"$slow_out" 2>&1 &
+	curl_pid=$!
+	sleep 0.5
+	in_ct systemctl stop --no-block seamless.service
+
+	# Sample the unit while it stops: the state and the STATUS= text the
+	# service sends with STOPPING=1.
+	local states=() state sample deadline=$((SECONDS + 40))
+	while ((SECONDS < deadline)); do
+		state=$(unit_prop seamless.service ActiveState)
+		sample="$state ($(unit_prop seamless.service StatusText))"
+		((${#states[@]} > 0)) && [[ ${states[${#states[@]} - 1]} == "$sample" ]] || states+=("$sample")
+		[[ $state == inactive || $state == failed ]] && break
+		sleep 0.05
+	done
+	wait "$curl_pid" || true
+	local seen
+	seen=$(printf '%s; ' "${states[@]}")
+
+	check "systemd showed deactivating with the service's drain status (seen: ${seen%; })" \
+		expect_match "states" 'deactivating \(draining' "$seen"
+	check "the service stopped" expect_match "states" '^inactive' "${states[${#states[@]} - 1]}"
+	check "the request in flight during the stop completed with 200" \
+		expect_eq "status" 200 "$(cat "$slow_out")"
+	check "clean exit: Result=success, ExecMainCode=exited, ExecMainStatus=0" \
+		expect_eq "Result/ExecMainCode/ExecMainStatus" "success/1/0" \
+		"$(unit_prop seamless.service Result)/$(unit_prop seamless.service ExecMainCode)/$(unit_prop seamless.service ExecMainStatus)"
+
+	local json entry
+	json=$(journal_json_after "$cursor" --unit=seamless.service)
+	entry=$(journal_entry "$json" 'MESSAGE~^draining$' '_COMM~^seamless$' '_TRANSPORT~^journal$' || true)
+	check "the service logged \"draining\" ($(grep '^OPEN_CONNECTIONS=' <<<"$entry"))" \
+		expect_match "draining entry" '^OPEN_CONNECTIONS=[1-9]' "$entry"
+	entry=$(journal_entry "$json" 'MESSAGE~^drained$' '_COMM~^seamless$' || true)
+	check "the service logged \"drained\"" expect_match "drained entry" . "$entry"
+	entry=$(journal_entry "$json" 'MESSAGE~^Stopping seamless\.service' '_PID~^1$' || true)
+	check "systemd logged \"Stopping seamless.service\"" expect_match "entry of systemd" . "$entry"
+	check "the socket keeps listening after the service stopped" \
+		expect_eq "socket ActiveState" active "$(unit_prop seamless.socket ActiveState)"
+}
+
+# dpkg --purge leaves nothing behind: no units, no configuration, no
+# enablement or mask symlinks, no listener.
+scenario_purge() {
+	local out
+	if out=$(in_ct dpkg --purge seamless 2>&1); then
+		pass "dpkg --purge seamless"
+	else
+		fail "dpkg --purge seamless" "$out"
+	fi
+	check "package is gone from dpkg's database" fails in_ct dpkg-query --show seamless
+	local leftovers
+	leftovers=$(in_ct sh -c '
+		ls -d /usr/lib/systemd/system/seamless.* /lib/systemd/system/seamless.* \
+			/etc/seamless /usr/bin/seamless 2>/dev/null
+		find /etc/systemd /run/systemd/system /var/lib/systemd/deb-systemd-helper-enabled \
+			/var/lib/systemd/deb-systemd-helper-masked -name "*seamless*" 2>/dev/null
+		true' | without_port_dropin)
+	check "no unit file, /etc/seamless, binary, enablement or mask symlink is left" \
+		expect_empty "left behind" "$leftovers"
+	check "systemd no longer knows the units" \
+		expect_empty "list-unit-files" "$(in_ct systemctl list-unit-files --no-legend 'seamless*' || true)"
+	check "nothing listens on $ADDR any more" \
+		expect_empty "listening" "$(in_ct ss -Hltn "sport = :${ADDR##*:}")"
+}
+
+# The .rpm: contents and scriptlets, then a real install/remove with Debian's
+# rpm (dependencies cannot be resolved against dpkg's database: --nodeps).
+scenario_rpm() {
+	e2e_copy_in "$CT" "$RPM" /root/seamless.rpm
+	local scripts files configs
+	scripts=$(in_ct rpm -qp --scripts /root/seamless.rpm 2>&1)
+	check "rpm scriptlets: %post presets the units on first install" \
+		expect_match "scripts" 'preset seamless\.socket' "$scripts"
+	check "rpm scriptlets: %preun disables and stops the units on removal" \
+		expect_match "scripts" 'disable --now seamless\.socket' "$scripts"
+	check "rpm scriptlets: %postun restarts only the service on upgrade" \
+		expect_match "scripts" 'try-restart seamless\.service' "$scripts"
+	check "rpm scriptlets: the socket is never restarted" \
+		expect_no_match "scripts (comments left out)" 'restart[^|;&]*seamless\.socket' \
+		"$(grep -v '^[[:space:]]*#' <<<"$scripts")"
+
+	files=$(in_ct rpm -qpl /root/seamless.rpm 2>&1)
+	configs=$(in_ct rpm -qpc /root/seamless.rpm 2>&1)
+	local f
+	for f in /usr/bin/seamless /usr/lib/systemd/system/seamless.service \
+		/usr/lib/systemd/system/seamless.socket /etc/seamless/seamless.toml; do
+		check "rpm contains $f" expect_match "rpm -qpl" "^$f\$" "$files"
+	done
+	check "rpm marks /etc/seamless/seamless.toml as a config file" \
+		expect_match "rpm -qpc" '^/etc/seamless/seamless\.toml$' "$configs"
+
+	local out
+	if ! out=$(in_ct rpm -i --nodeps /root/seamless.rpm 2>&1); then
+		fail "rpm -i --nodeps seamless.rpm" "$out"
+		return 0
+	fi
+	pass "rpm -i --nodeps seamless.rpm"
+	check "rpm -V: installed files match the package" succeeds in_ct rpm -V --nodeps seamless
+	check "%post enabled seamless.socket (Debian presets enable by default)" \
+		expect_eq "is-enabled" enabled "$(in_ct systemctl is-enabled seamless.socket 2>&1 || true)"
+	in_ct systemctl daemon-reload
+	check "the rpm's units start" succeeds in_ct systemctl start seamless.socket
+	check "the rpm-installed service answers" succeeds http_get /
+
+	if out=$(in_ct rpm -e seamless 2>&1); then
+		pass "rpm -e seamless"
+	else
+		fail "rpm -e seamless" "$out"
+	fi
+	check "%preun stopped the socket" \
+		expect_eq "socket ActiveState" inactive "$(unit_prop seamless.socket ActiveState)"
+	check "%preun disabled the socket (no sockets.target.wants link)" \
+		expect_empty "left behind" "$(in_ct find /etc/systemd/system -name 'seamless.*' | without_port_dropin)"
+	check "the rpm's files are gone" \
+		expect_empty "left behind" \
+		"$(in_ct sh -c 'ls -d /usr/bin/seamless /usr/lib/systemd/system/seamless.* /etc/seamless/* 2>/dev/null; true')"
+	# Directories the package creates must be owned by it, or rpm -e leaves
+	# them behind.
+	check "rpm -e removes /etc/seamless" \
+		expect_empty "left behind" "$(in_ct sh -c 'ls -d /etc/seamless 2>/dev/null; true')"
+}
+
+# --- binary hot upgrade (seamless upgrade, SIGUSR2) ----------------------------
+
+# Puts the binary of the upgrade package at /usr/bin/seamless the way dpkg
+# does: unpack beside it, then rename over it. The running process keeps its
+# old, now deleted, inode.
+replace_binary() {
+	# shellcheck disable=SC2016 # expanded by the shell inside the container
+	in_ct sh -ec '
+		dpkg-deb --fsys-tarfile "$1" | tar -xOf - ./usr/bin/seamless >/usr/bin/seamless.dpkg-new
+		chmod 0755 /usr/bin/seamless.dpkg-new
+		mv -f /usr/bin/seamless.dpkg-new /usr/bin/seamless' sh /root/seamless-upgrade.deb
+}
+
+# replace_binary_with_script TEXT: the same, with a script instead.
+replace_binary_with_script() {
+	put_file /usr/bin/seamless.dpkg-new "$1"
+	in_ct sh -ec 'chmod 0755 /usr/bin/seamless.dpkg-new; mv -f /usr/bin/seamless.dpkg-new /usr/bin/seamless'
+}
+
+# The PID that GET /version reports ("seamless VERSION (pid PID)").
+version_pid() {
+	http_get /version | sed -n 's/^seamless .* (pid \([0-9]*\))$/\1/p'
+}
+
+inode_of() {
+	in_ct stat -L --format=%i "$1"
+}
+
+# pid1_lines CURSOR EXTENDED-REGEX: what systemd (PID 1) logged about
+# seamless.service after CURSOR, matching REGEX.
+pid1_lines() {
+	in_ct journalctl --no-pager -o cat --after-cursor="$1" _PID=1 UNIT=seamless.service |
+		grep -E -- "$2" || true
+}
+
+# upgrade_once N EVENTS: one `seamless upgrade` of the main process, with the
+# binary replaced first; prints problems, one a line. Leaves the new PID in
+# $LOG_DIR/upgrade-N.pid.
+upgrade_once() {
+	local n=$1 events=$2 old new out rc=0 answered exe
+	replace_binary
+	old=$(unit_prop seamless.service MainPID)
+	printf '%s binary-upgrade-%d\n' "$(date +%s%N)" "$n" >>"$events"
+	# No --verdict-file and no RUNTIME_DIRECTORY: the operator's form, which
+	# finds the packaged unit's /run/seamless by default.
+	out=$(in_ct seamless upgrade --pid "$old" --timeout 60s 2>&1) || rc=$?
+	printf '%s\n' "$out" >"$LOG_DIR/upgrade-$n.out"
+	((rc == 0)) || echo "upgrade $n: seamless upgrade --pid $old exited $rc: $out"
+	new=$(unit_prop seamless.service MainPID)
+	printf '%s\n' "$new" >"$LOG_DIR/upgrade-$n.pid"
+	[[ $new != 0 && $new != "$old" ]] || echo "upgrade $n: MainPID is $new (was $old)"
+	answered=$(version_pid) || true
+	[[ $answered == "$new" ]] || echo "upgrade $n: GET /version answered by PID ${answered:-?}, MainPID is $new"
+	exe=$(in_ct readlink "/proc/$new/exe" 2>&1) || true
+	[[ $exe == /usr/bin/seamless ]] || echo "upgrade $n: /proc/$new/exe is \"$exe\""
+	[[ $(inode_of "/proc/$new/exe" 2>&1) == "$(inode_of /usr/bin/seamless)" ]] ||
+		echo "upgrade $n: PID $new does not run the file now at /usr/bin/seamless"
+	# The old process drains (linger, then its last connections) and exits.
+	wait_until 15 fails in_ct test -e "/proc/$old" ||
+		echo "upgrade $n: the old process $old is still running 15s after the handover"
+	# Requests to each new process count too.
+	sleep 0.5
+}
+
+# `seamless upgrade` ×3 under load: the installed binary takes over from the
+# running process without a failed request and without systemd noticing
+# anything but a new main PID.
+scenario_binary_upgrade_under_load() {
+	local before_enter before_exit before_inode restarts cursor events=$LOG_DIR/events-binary-upgrade.txt
+	before_enter=$(unit_prop seamless.socket ActiveEnterTimestampMonotonic)
+	before_exit=$(unit_prop seamless.socket InactiveExitTimestampMonotonic)
+	before_inode=$(listen_inode)
+	restarts=$(unit_prop seamless.service NRestarts)
+	cursor=$(journal_cursor)
+
+	local problems totals load_rc=0 n
+	: >"$events"
+	load_start binary-upgrade "$events"
+	problems=$(for n in 1 2 3; do upgrade_once "$n" "$events"; done)
+	totals=$(load_stop 2>&1) || load_rc=$?
+	local last_upgrade=$SECONDS pids
+	pids=$(cat "$LOG_DIR"/upgrade-{1,2,3}.pid 2>/dev/null | paste -sd' ' || true)
+
+	check "3 x seamless upgrade: each exits 0, MainPID follows to the PID that answers GET /version, runs /usr/bin/seamless (not deleted), the old process exits (PIDs: $pids)" \
+		expect_empty "problems" "$problems"
+	if ((load_rc == 0)); then
+		pass "3 x seamless upgrade under keep-alive + close load: 0 failed requests ($totals)"
+	else
+		fail "3 x seamless upgrade under keep-alive + close load: 0 failed requests" \
+			"$totals"$'\n'"$(load_failure_summary)"
+	fi
+	local pid
+	pid=$(unit_prop seamless.service MainPID)
+	check "seamless upgrade prints what happened ($(tail -n1 "$LOG_DIR/upgrade-3.out"))" \
+		expect_match "seamless upgrade output" "PID $pid serves now" "$(cat "$LOG_DIR/upgrade-3.out")"
+	check "systemctl status shows the new main PID $pid" \
+		expect_match "systemctl status" "Main PID: $pid\\b" \
+		"$(in_ct systemctl status --no-pager --full --lines=0 seamless.service 2>&1 || true)"
+	check "the journal has the new process's own log lines (_PID=$pid, \"took over from the previous process\")" \
+		expect_match "journalctl _SYSTEMD_UNIT=seamless.service _PID=$pid" '^took over from the previous process$' \
+		"$(in_ct journalctl --no-pager -o cat _SYSTEMD_UNIT=seamless.service "_PID=$pid")"
+	local json entry
+	json=$(journal_json_after "$cursor" --unit=seamless.service)
+	entry=$(journal_entry "$json" 'MESSAGE~^handed over; draining$' "SUCCESSOR~^$pid\$" '_COMM~^seamless$' || true)
+	check "the previous process logged the handover to $pid" expect_match "journal entry" . "$entry"
+	check "seamless.socket was not restarted (activation timestamps unchanged)" \
+		expect_eq "ActiveEnter/InactiveExit" "$before_enter/$before_exit" \
+		"$(unit_prop seamless.socket ActiveEnterTimestampMonotonic)/$(unit_prop seamless.socket InactiveExitTimestampMonotonic)"
+	check "the listening socket is the same kernel object ($before_inode)" \
+		expect_eq "listening socket inode" "$before_inode" "$(listen_inode)"
+
+	# WatchdogSec=10s: a successor whose pings systemd ignored would be killed
+	# within 10s of the handover. Stay well past two intervals. The previous
+	# process stops pinging at the handover, so any ping systemd records
+	# afterwards is the new main process's.
+	local handover_ping
+	handover_ping=$(unit_prop seamless.service WatchdogTimestampMonotonic)
+	while ((SECONDS - last_upgrade < 22)); do sleep 1; done
+	check "22s after the last upgrade: active, same main PID, NRestarts unchanged ($restarts)" \
+		expect_eq "ActiveState/MainPID/NRestarts" "active/$pid/$restarts" \
+		"$(unit_prop seamless.service ActiveState)/$(unit_prop seamless.service MainPID)/$(unit_prop seamless.service NRestarts)"
+	check "systemd receives the new main process's watchdog pings" \
+		test "$(unit_prop seamless.service WatchdogTimestampMonotonic)" -gt "$handover_ping"
+	# Were NotifyAccess= `main`, systemd would drop what the successor sends
+	# before the handover: its READY=1 and, depending on timing, its first
+	# watchdog ping (systemd 252 logs each at warning level, 257 at debug
+	# level), and upgrades in quick succession could run into WatchdogSec=.
+	# A successor started by the old process is not systemd's child when it
+	# becomes the main process ("not our child"): systemd, as PID 1, reaps it
+	# once the old process has exited (scenario_kill_main runs against an
+	# upgraded process), but does not wait for it on stop (checked below).
+	local refused alien
+	refused=$(pid1_lines "$cursor" 'reception only permitted for main PID' | wc -l)
+	alien=$(pid1_lines "$cursor" 'which is not our child' | wc -l)
+	check "systemd accepted every handover and the watchdog never fired (pre-handover messages refused: $refused, \"not our child\": $alien)" \
+		expect_empty "systemd (PID 1) about seamless.service" \
+		"$(pid1_lines "$cursor" 'does not belong to service|[Rr]efusing|[Ww]atchdog timeout|[Kk]illing')"
+
+	# Reload and stop work on the process systemd did not start itself, and
+	# the stop still drains: a request in flight completes.
+	put_file "$CONFIG" 'message = "after binary upgrades\n"'$'\n\n''[demo]'$'\n''slow_endpoint = true'$'\n'
+	check "systemctl reload after the upgrades" succeeds in_ct systemctl reload seamless.service
+	check "... the next request serves the new message" \
+		expect_eq "body" "after binary upgrades" "$(http_get / 2>&1 || true)"
+	check "... and the reload kept the main process" \
+		expect_eq "MainPID" "$pid" "$(unit_prop seamless.service MainPID)"
+	local slow_out=$LOG_DIR/binary-upgrade-stop-slow-request.txt curl_pid
+	curl --silent --show-error --max-time 20 --output /dev/null --write-out '%{http_code}' \
+		"http://$ADDR/slow?ms=2000" >"$slow_out" 2>&1 &
+	curl_pid=$!
+	sleep 0.5
+	check "systemctl stop after the upgrades" succeeds in_ct systemctl stop seamless.service
+	wait "$curl_pid" || true
+	check "... ends with Result=success, exit status 0" \
+		expect_eq "ActiveState/Result/ExecMainCode/ExecMainStatus" "inactive/success/1/0" \
+		"$(unit_prop seamless.service ActiveState)/$(unit_prop seamless.service Result)/$(unit_prop seamless.service ExecMainCode)/$(unit_prop seamless.service ExecMainStatus)"
+	check "... after draining: the request in flight during the stop completed with 200" \
+		expect_eq "status" 200 "$(cat "$slow_out")"
+	check "... and no process of the unit is left (PID $pid gone)" fails in_ct test -e "/proc/$pid"
+	check "the next request starts the service again" succeeds http_get /
+}
+
+# An upgrade whose new binary cannot start changes nothing: `seamless upgrade`
+# fails with the reason, the old process serves on as the main process.
+scenario_binary_upgrade_fails() {
+	local pid restarts out rc=0 events=$LOG_DIR/events-binary-upgrade-fails.txt totals load_rc=0
+	pid=$(unit_prop seamless.service MainPID)
+	restarts=$(unit_prop seamless.service NRestarts)
+	# `seamless upgrade` itself runs from a copy: /usr/bin/seamless is the
+	# broken one now.
+	in_ct cp /usr/bin/seamless /root/seamless-cli
+	replace_binary_with_script $'#!/bin/sh\necho "broken build" >&2\nexit 3\n'
+
+	local cursor
+	cursor=$(journal_cursor)
+	: >"$events"
+	load_start binary-upgrade-fails "$events"
+	printf '%s failed-binary-upgrade\n' "$(date +%s%N)" >>"$events"
+	out=$(in_ct /root/seamless-cli upgrade --pid "$pid" --timeout 60s 2>&1) || rc=$?
+	sleep 0.5
+	totals=$(load_stop 2>&1) || load_rc=$?
+
+	check "seamless upgrade to a binary that exits 3 exits non-zero (status $rc)" \
+		expect_ne "exit status" 0 "$rc"
+	check "... and says why ($out)" expect_match "seamless upgrade output" 'exit status 3' "$out"
+	local entry
+	entry=$(journal_entry "$(journal_json_after "$cursor" --unit=seamless.service)" \
+		'MESSAGE~^upgrade failed' '*~exit status 3' "_PID~^$pid\$" 'PRIORITY~^[0-3]$' || true)
+	check "the service logged the failed upgrade at error priority" \
+		expect_match "journal entry of PID $pid" . "$entry"
+	check "the old process is still the main process and serving" \
+		expect_eq "MainPID/GET /version pid/ActiveState/NRestarts" "$pid/$pid/active/$restarts" \
+		"$(unit_prop seamless.service MainPID)/$(version_pid || true)/$(unit_prop seamless.service ActiveState)/$(unit_prop seamless.service NRestarts)"
+	if ((load_rc == 0)); then
+		pass "failed upgrade under keep-alive + close load: 0 failed requests ($totals)"
+	else
+		fail "failed upgrade under keep-alive + close load: 0 failed requests" \
+			"$totals"$'\n'"$(load_failure_summary)"
+	fi
+
+	# Restored; the process upgraded to here is the one scenario_kill_main kills.
+	replace_binary
+	check "the binary restored, the next upgrade succeeds" \
+		succeeds in_ct seamless upgrade --pid "$pid" --timeout 60s
+	in_ct rm -f /root/seamless-cli
+	check "... with a new main process that answers GET /version" \
+		expect_eq "GET /version pid" "$(unit_prop seamless.service MainPID)" "$(version_pid || true)"
+}
