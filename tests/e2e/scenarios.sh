@@ -672,10 +672,10 @@ scenario_binary_upgrade_fails() {
 
 	check "seamless upgrade to a binary that exits 3 exits non-zero (status $rc)" \
 		expect_ne "exit status" 0 "$rc"
-	check "... and says why ($out)" expect_match "seamless upgrade output" 'exit status 3' "$out"
+	check "... and says why ($out)" expect_match "seamless upgrade output" 'exited before it was ready' "$out"
 	local entry
 	entry=$(journal_entry "$(journal_json_after "$cursor" --unit=seamless.service)" \
-		'MESSAGE~^upgrade failed' '*~exit status 3' "_PID~^$pid\$" 'PRIORITY~^[0-3]$' || true)
+		'MESSAGE~^upgrade failed' '*~exited before it was ready' "_PID~^$pid\$" 'PRIORITY~^[0-3]$' || true)
 	check "the service logged the failed upgrade at error priority" \
 		expect_match "journal entry of PID $pid" . "$entry"
 	check "the old process is still the main process and serving" \
