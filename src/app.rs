@@ -11,16 +11,16 @@
 //!
 //! [`router`] is built from one configuration generation and is cheap to clone; the server
 //! picks the current one for every request, so a request is served entirely by the config that
-//! was current when it arrived.
+//! was current when it arrived. [`finish`] is what the server does to every response, whatever
+//! produced it.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, Version, header};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -32,7 +32,7 @@ use crate::metrics::Metrics;
 /// Longest wait `/slow` accepts, so the demo endpoint cannot pin a connection forever.
 const SLOW_MAX: Duration = Duration::from_secs(60);
 
-/// Who sent a request, for logs. Inserted by the server into every request.
+/// Who is at the other end of a connection, for logs.
 #[derive(Debug, Clone)]
 pub struct Peer(pub Arc<str>);
 
@@ -41,8 +41,6 @@ pub struct Peer(pub Arc<str>);
 struct AppState {
     /// `message`, converted once so `GET /` does not allocate.
     message: Bytes,
-    /// The generation this router was built for (sent as `x-config-generation`).
-    generation: HeaderValue,
     /// Whether `/slow` is enabled.
     slow_endpoint: bool,
     /// Shared counters and the draining flag.
@@ -50,10 +48,9 @@ struct AppState {
 }
 
 /// The application for one configuration generation.
-pub fn router(config: &Config, generation: u64, metrics: Arc<Metrics>) -> Router {
+pub fn router(config: &Config, metrics: Arc<Metrics>) -> Router {
     let state = AppState {
         message: Bytes::from(config.message.clone()),
-        generation: HeaderValue::from(generation),
         slow_endpoint: config.demo.slow_endpoint,
         metrics,
     };
@@ -69,7 +66,6 @@ pub fn router(config: &Config, generation: u64, metrics: Arc<Metrics>) -> Router
             StatusCode::REQUEST_TIMEOUT,
             config.http.request_timeout,
         ))
-        .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
 
@@ -126,42 +122,27 @@ async fn slow(State(state): State<AppState>, request: Request) -> Response {
     format!("slept {ms} ms\n").into_response()
 }
 
-/// Counts and logs every response, tags it with the config generation, and — once the drain
-/// has started — asks HTTP/1 clients to close the connection after it. That last part is what
-/// lets a drain end without cutting a keep-alive connection under a client's next request.
-async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let version = request.version();
-    // Per-request logging costs allocations; pay for them only when debug logging is on.
-    let logged = tracing::enabled!(tracing::Level::DEBUG).then(|| {
-        (
-            Instant::now(),
-            request.method().clone(),
-            request.uri().path().to_owned(),
-            request.extensions().get::<Peer>().cloned(),
-        )
-    });
-
-    let mut response = next.run(request).await;
-
-    let status = response.status();
-    state.metrics.response(status.as_u16());
+/// What the server does to every response: counts it, tags it with the config generation
+/// that served it, and — once the drain has started — asks HTTP/1 clients to close the
+/// connection after it. That last part is what lets a drain end without cutting a keep-alive
+/// connection under a client's next request.
+///
+/// Done by the server around the router rather than as a middleware layer: it runs once per
+/// request on the hot path, and a layer would cost allocations that hello-world throughput
+/// notices.
+pub fn finish(
+    response: &mut Response,
+    version: Version,
+    metrics: &Metrics,
+    generation: &HeaderValue,
+) {
+    metrics.response(response.status().as_u16());
     let headers = response.headers_mut();
-    headers.insert("x-config-generation", state.generation.clone());
+    headers.insert("x-config-generation", generation.clone());
     // `Connection` is illegal in HTTP/2; those connections get GOAWAY from the server instead.
-    if state.metrics.draining() && version <= Version::HTTP_11 {
+    if metrics.draining() && version <= Version::HTTP_11 {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    if let Some((started, method, path, peer)) = logged {
-        tracing::debug!(
-            peer = peer.as_ref().map(|p| &*p.0),
-            %method,
-            path,
-            status = status.as_u16(),
-            elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-            "request"
-        );
-    }
-    response
 }
 
 // Requests handled without a socket: `router(..).oneshot(request)`.
@@ -171,12 +152,27 @@ mod tests {
     use axum::body::Body;
     use tower::ServiceExt;
 
+    /// A request through the router and [`finish`], as the server does it.
     async fn get(router: &Router, path: &str) -> (StatusCode, axum::http::HeaderMap, String) {
-        let response = router
+        get_with(router, path, &Metrics::default()).await
+    }
+
+    async fn get_with(
+        router: &Router,
+        path: &str,
+        metrics: &Metrics,
+    ) -> (StatusCode, axum::http::HeaderMap, String) {
+        let mut response = router
             .clone()
             .oneshot(Request::get(path).body(Body::empty()).expect("request"))
             .await
             .expect("infallible");
+        finish(
+            &mut response,
+            Version::HTTP_11,
+            metrics,
+            &HeaderValue::from(7),
+        );
         let status = response.status();
         let headers = response.headers().clone();
         let body = axum::body::to_bytes(response.into_body(), 1 << 20)
@@ -192,21 +188,24 @@ mod tests {
             message: "hi\n".to_owned(),
             ..Config::default()
         };
-        let app = router(&config, 7, metrics.clone());
-        let (status, headers, body) = get(&app, "/").await;
+        let app = router(&config, metrics.clone());
+        let (status, headers, body) = get_with(&app, "/", &metrics).await;
         assert_eq!((status, body.as_str()), (StatusCode::OK, "hi\n"));
         assert_eq!(headers["x-config-generation"], "7");
         assert_eq!(headers[header::CONTENT_TYPE], "text/plain; charset=utf-8");
         assert!(headers.get(header::CONNECTION).is_none());
-        assert_eq!(get(&app, "/healthz").await.0, StatusCode::OK);
-        assert_eq!(get(&app, "/readyz").await.0, StatusCode::OK);
-        assert_eq!(get(&app, "/nope").await.0, StatusCode::NOT_FOUND);
+        assert_eq!(get_with(&app, "/healthz", &metrics).await.0, StatusCode::OK);
+        assert_eq!(get_with(&app, "/readyz", &metrics).await.0, StatusCode::OK);
         assert_eq!(
-            get(&app, "/slow?ms=1").await.0,
+            get_with(&app, "/nope", &metrics).await.0,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            get_with(&app, "/slow?ms=1", &metrics).await.0,
             StatusCode::NOT_FOUND,
             "demo off"
         );
-        let (_, _, text) = get(&app, "/metrics").await;
+        let (_, _, text) = get_with(&app, "/metrics", &metrics).await;
         assert!(
             text.contains("seamless_http_responses_total{class=\"2xx\"} 3"),
             "{text}"
@@ -220,12 +219,12 @@ mod tests {
     #[tokio::test]
     async fn draining_closes_and_is_not_ready() {
         let metrics = Arc::new(Metrics::default());
-        let app = router(&Config::default(), 1, metrics.clone());
+        let app = router(&Config::default(), metrics.clone());
         metrics.set_draining();
-        let (status, headers, _) = get(&app, "/readyz").await;
+        let (status, headers, _) = get_with(&app, "/readyz", &metrics).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(headers[header::CONNECTION], "close");
-        let (status, headers, _) = get(&app, "/").await;
+        let (status, headers, _) = get_with(&app, "/", &metrics).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(headers[header::CONNECTION], "close");
     }
@@ -234,7 +233,7 @@ mod tests {
     async fn slow_endpoint_behind_switch() {
         let mut config = Config::default();
         config.demo.slow_endpoint = true;
-        let app = router(&config, 1, Arc::new(Metrics::default()));
+        let app = router(&config, Arc::new(Metrics::default()));
         let (status, _, body) = get(&app, "/slow?ms=5").await;
         assert_eq!((status, body.as_str()), (StatusCode::OK, "slept 5 ms\n"));
         assert_eq!(get(&app, "/slow").await.0, StatusCode::BAD_REQUEST);
@@ -245,7 +244,7 @@ mod tests {
         let mut config = Config::default();
         config.demo.slow_endpoint = true;
         config.http.request_timeout = Duration::from_millis(50);
-        let app = router(&config, 1, Arc::new(Metrics::default()));
+        let app = router(&config, Arc::new(Metrics::default()));
         assert_eq!(
             get(&app, "/slow?ms=1000").await.0,
             StatusCode::REQUEST_TIMEOUT
@@ -256,7 +255,7 @@ mod tests {
     async fn oversized_body_answers_413() {
         let mut config = Config::default();
         config.http.max_body_bytes = 8;
-        let app = router(&config, 1, Arc::new(Metrics::default()));
+        let app = router(&config, Arc::new(Metrics::default()));
         let response = app
             .oneshot(
                 Request::post("/")

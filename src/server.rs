@@ -20,15 +20,16 @@
 //!    processed, so nothing is lost;
 //! 5. `shutdown.drain_timeout` bounds it all.
 
+use std::convert::Infallible;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use axum::Router;
-use axum::http::Version;
+use axum::http::{HeaderValue, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -68,6 +69,10 @@ pub struct Live {
     pub generation: u64,
     /// The application built from it.
     router: Router,
+    /// `x-config-generation` for every response.
+    generation_header: HeaderValue,
+    /// Shared counters (the same for every generation).
+    metrics: Arc<Metrics>,
     /// Connection settings (timeouts, header limits) built from it.
     builder: auto::Builder<TokioExecutor>,
 }
@@ -75,7 +80,7 @@ pub struct Live {
 impl Live {
     /// Builds the application and connection settings for `config`.
     pub fn new(config: Config, generation: u64, metrics: Arc<Metrics>) -> Self {
-        let router = app::router(&config, generation, metrics);
+        let router = app::router(&config, metrics.clone());
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -90,6 +95,8 @@ impl Live {
             config,
             generation,
             router,
+            generation_header: HeaderValue::from(generation),
+            metrics,
             builder,
         }
     }
@@ -468,15 +475,40 @@ where
     let seen = Arc::new(AtomicU8::new(NOTHING_YET));
     let service = {
         let (seen, peer) = (seen.clone(), peer.clone());
-        hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-            let protocol = if request.version() == Version::HTTP_2 {
+        hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+            let version = request.version();
+            let protocol = if version == Version::HTTP_2 {
                 HTTP2
             } else {
                 HTTP1
             };
             seen.store(protocol, Ordering::Relaxed);
-            request.extensions_mut().insert(peer.clone());
-            live.load().router.clone().oneshot(request)
+            let current = live.load_full();
+            // Per-request logging costs allocations; pay for them only when it is on.
+            let logged = tracing::enabled!(tracing::Level::DEBUG).then(|| {
+                let path = request.uri().path().to_owned();
+                (Instant::now(), request.method().clone(), path, peer.clone())
+            });
+            async move {
+                let Ok(mut response) = current.router.clone().oneshot(request).await;
+                app::finish(
+                    &mut response,
+                    version,
+                    &current.metrics,
+                    &current.generation_header,
+                );
+                if let Some((started, method, path, peer)) = logged {
+                    tracing::debug!(
+                        peer = &*peer.0,
+                        %method,
+                        path,
+                        status = response.status().as_u16(),
+                        elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                        "request"
+                    );
+                }
+                Ok::<_, Infallible>(response)
+            }
         })
     };
     let connection = settings.builder.serve_connection(TokioIo::new(io), service);
