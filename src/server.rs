@@ -222,6 +222,8 @@ pub async fn run(
             Some(Request::Reload) => {
                 deferred = reload(&mut reloader, &notifier, &serving, &mut requests);
             }
+            #[cfg(feature = "stall-hook")]
+            Some(Request::Stall) => stall_runtime(),
             Some(Request::Upgrade) if upgrading.is_some() => {
                 tracing::warn!("upgrade requested while one is in progress; ignored");
             }
@@ -341,6 +343,18 @@ async fn outcome(
             .await
             .unwrap_or_else(|e| Err(UpgradeError::Aborted(e.to_string()))),
         None => std::future::pending().await,
+    }
+}
+
+/// Blocks every runtime thread for an hour, as a deadlocked service would: nothing is served
+/// and the watchdog stops being pinged. Test builds only (`stall-hook`).
+#[cfg(feature = "stall-hook")]
+fn stall_runtime() {
+    tracing::warn!("stalling the runtime on request (stall-hook)");
+    let threads = std::thread::available_parallelism().map_or(4, usize::from);
+    // More tasks than threads: idle workers steal them until every one is stuck.
+    for _ in 0..threads * 2 {
+        tokio::spawn(async { std::thread::sleep(Duration::from_secs(3600)) });
     }
 }
 

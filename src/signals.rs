@@ -24,6 +24,10 @@ pub enum Request {
     Drain,
     /// Exit now, cutting open connections.
     Exit,
+    /// Block every runtime thread (test builds with the `stall-hook` feature only): proves
+    /// the watchdog notices a hung service.
+    #[cfg(feature = "stall-hook")]
+    Stall,
 }
 
 /// Installs the handlers and returns the stream of requests.
@@ -38,6 +42,14 @@ pub fn listen() -> std::io::Result<mpsc::Receiver<Request>> {
     // Small on purpose: the server coalesces reloads, and a full queue only ever holds requests
     // the server will see anyway.
     let (tx, rx) = mpsc::channel(16);
+    #[cfg(feature = "stall-hook")]
+    {
+        let mut usr1 = signal(SignalKind::user_defined1())?;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while usr1.recv().await.is_some() && tx.send(Request::Stall).await.is_ok() {}
+        });
+    }
     tokio::spawn(async move {
         let mut interrupted = false;
         loop {

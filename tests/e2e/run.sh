@@ -8,7 +8,8 @@
 #
 # Usage:
 #   tests/e2e/run.sh --deb PATH [--deb-upgrade PATH] [--rpm PATH]
-#                    [--loadgen PATH] [--dist bookworm|trixie|all]
+#                    [--loadgen PATH] [--stall-binary PATH]
+#                    [--dist bookworm|trixie|all]
 #
 #   --deb          the package under test (cargo deb → target/debian/*.deb)
 #   --deb-upgrade  the package to upgrade to; by default the --deb package
@@ -18,6 +19,9 @@
 #   --rpm          checked on trixie only (cargo generate-rpm →
 #                  target/generate-rpm/*.rpm); skipped when not given
 #   --loadgen      load generator binary (default target/release/loadgen)
+#   --stall-binary a seamless built with the test-only `stall-hook` feature
+#                  (cargo build -p seamless --features stall-hook): proves the
+#                  watchdog restarts a hung service; skipped when not given
 #   --dist         default all; distributions run one after the other since
 #                  both containers share the host network and port 8080
 #
@@ -48,7 +52,7 @@ readonly LOG_ROOT=$REPO/e2e-logs
 # Upper bound for any single command run inside a container.
 readonly CMD_TIMEOUT=${E2E_CMD_TIMEOUT:-90}
 
-DEB='' DEB_UPGRADE='' RPM='' LOADGEN='' DISTS=()
+DEB='' DEB_UPGRADE='' RPM='' LOADGEN='' STALL_BIN='' DISTS=()
 # The whole run is bounded: past this many seconds it is aborted (and
 # reported as a failure) even if some step hangs in a way no timeout caught.
 readonly SUITE_TIMEOUT=${E2E_SUITE_TIMEOUT:-1200}
@@ -75,6 +79,7 @@ parse_args() {
 		--deb-upgrade) DEB_UPGRADE=${2:?}; shift 2 ;;
 		--rpm) RPM=${2:?}; shift 2 ;;
 		--loadgen) LOADGEN=${2:?}; shift 2 ;;
+		--stall-binary) STALL_BIN=${2:?}; shift 2 ;;
 		--dist) dist=${2:?}; shift 2 ;;
 		-h | --help) usage ;;
 		*) die "unknown argument: $1 (see --help)" ;;
@@ -95,6 +100,8 @@ parse_args() {
 	[[ -z $DEB_UPGRADE ]] || DEB_UPGRADE=$(realpath "$DEB_UPGRADE")
 	[[ -z $RPM ]] || RPM=$(realpath "$RPM")
 	LOADGEN=$(realpath "$LOADGEN")
+	[[ -z $STALL_BIN || -x $STALL_BIN ]] || die "no such binary: $STALL_BIN"
+	[[ -z $STALL_BIN ]] || STALL_BIN=$(realpath "$STALL_BIN")
 }
 
 # --- reporting ---------------------------------------------------------------
@@ -313,7 +320,15 @@ run_dist() {
 		for fn in scenario_socket_activation scenario_journal_fields scenario_reload \
 			scenario_restart_under_load scenario_upgrade_under_load \
 			scenario_binary_upgrade_under_load scenario_binary_upgrade_fails \
-			scenario_kill_main scenario_stop scenario_purge; do
+			scenario_sighup_storm scenario_kill_main; do
+			run_scenario "$fn"
+		done
+		if [[ -n $STALL_BIN ]]; then
+			run_scenario scenario_watchdog_stall
+		else
+			printf '# %s: watchdog stall scenario skipped (no --stall-binary given)\n' "$DIST"
+		fi
+		for fn in scenario_stop scenario_purge; do
 			run_scenario "$fn"
 		done
 		if [[ $DIST == trixie ]]; then
