@@ -20,7 +20,7 @@
 #                  target/generate-rpm/*.rpm); skipped when not given
 #   --loadgen      load generator binary (default target/release/loadgen)
 #   --stall-binary a seamless built with the test-only `stall-hook` feature
-#                  (cargo build -p seamless --features stall-hook): proves the
+#                  (cargo build -p seamless --features stall-hook, then copy target/debug/seamless): proves the
 #                  watchdog restarts a hung service; skipped when not given
 #   --dist         default all; distributions run one after the other since
 #                  both containers share the host network and port 8080
