@@ -129,13 +129,7 @@ in_ct_bash() {
 
 prop() { in_ct systemctl show --property "$2" --value "$1"; }
 
-put_file() {
-	local path=$1 content=$2 tmp
-	tmp=$(mktemp)
-	printf '%s' "$content" >"$tmp"
-	e2e_copy_in "$CT" "$tmp" "$path"
-	rm -f "$tmp"
-}
+put_file() { e2e_put "$CT" "$@"; }
 
 set_message() {
 	put_file "$CONFIG" "message = \"$1\""$'\n'
@@ -262,23 +256,30 @@ restart_unit() {
 	' "$1" 2>&1
 }
 
+# restarts_under_load TAG UNIT ADDR MODE: N_RESTART restarts of UNIT under MODE
+# load on ADDR; sets PROBLEMS to what went wrong with the restarts themselves.
+restarts_under_load() {
+	local tag=$1 unit=$2 addr=$3 mode=$4 i out
+	load_begin "$tag" "$mode" "$addr"
+	PROBLEMS=''
+	for ((i = 1; i <= N_RESTART; i++)); do
+		mark "restart-$i"
+		if out=$(restart_unit "$unit"); then
+			meta sample "$out"
+		else
+			PROBLEMS+="restart $i: $out; "
+		fi
+		sleep 0.5
+	done
+	load_end
+	meta events "$N_RESTART"
+}
+
 scenario_restart() {
-	local mode i out problems
+	local mode
 	for mode in "${MODES[@]}"; do
-		load_begin seamless-restart "$mode" "$SEAMLESS_ADDR"
-		problems=''
-		for ((i = 1; i <= N_RESTART; i++)); do
-			mark "restart-$i"
-			if out=$(restart_unit seamless.service); then
-				meta sample "$out"
-			else
-				problems+="restart $i: $out; "
-			fi
-			sleep 0.5
-		done
-		load_end
-		meta events "$N_RESTART"
-		check_run "seamless: systemctl restart x$N_RESTART under $mode load" "$problems"
+		restarts_under_load seamless-restart seamless.service "$SEAMLESS_ADDR" "$mode"
+		check_run "seamless: systemctl restart x$N_RESTART under $mode load" "$PROBLEMS"
 	done
 }
 
@@ -436,23 +437,11 @@ scenario_kill() {
 # --- anchors -------------------------------------------------------------------
 
 scenario_naive_restart() {
-	local mode i out problems
+	local mode
 	for mode in "${MODES[@]}"; do
-		load_begin naive-restart "$mode" "$NAIVE_ADDR"
-		problems=''
-		for ((i = 1; i <= N_RESTART; i++)); do
-			mark "restart-$i"
-			if out=$(restart_unit naive.service); then
-				meta sample "$out"
-			else
-				problems+="restart $i: $out; "
-			fi
-			sleep 0.5
-		done
-		load_end
-		meta events "$N_RESTART"
-		[[ -z $problems ]] || say "naive: $problems"
-		meta problems "${problems:-none}"
+		restarts_under_load naive-restart naive.service "$NAIVE_ADDR" "$mode"
+		[[ -z $PROBLEMS ]] || say "naive: $PROBLEMS"
+		meta problems "${PROBLEMS:-none}"
 	done
 }
 

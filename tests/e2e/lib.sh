@@ -6,6 +6,7 @@
 #   e2e_exec NAME CMD...            run CMD inside (stdin/stdout/stderr pass through)
 #   e2e_pid1 NAME                   the container's PID 1, as a host PID
 #   e2e_copy_in NAME HOSTFILE PATH  copy a host file into the running container
+#   e2e_put NAME PATH CONTENT       write a string to a file in the running container
 #   e2e_shutdown NAME               power off (bounded), then kill what is left
 #   e2e_cleanup                     shut down every container this shell booted
 #
@@ -232,6 +233,14 @@ e2e_copy_in() {
 	}
 	# shellcheck disable=SC2016 # expanded by the shell inside the container
 	e2e_exec "$name" sh -c 'mkdir -p -- "$(dirname -- "$1")" && cat >"$1"' sh "$dest" <"$src"
+}
+
+# e2e_put NAME PATH CONTENT: write a string to a file in the container.
+e2e_put() {
+	local name=$1 dest=$2 content=$3
+	# shellcheck disable=SC2016 # expanded by the shell inside the container
+	printf '%s' "$content" |
+		e2e_exec "$name" sh -c 'mkdir -p -- "$(dirname -- "$1")" && cat >"$1"' sh "$dest"
 }
 
 _e2e_wait_exit() {

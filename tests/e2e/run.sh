@@ -162,13 +162,7 @@ unit_prop() {
 }
 
 # Write a file inside the container from a string.
-put_file() {
-	local path=$1 content=$2 tmp
-	tmp=$(mktemp)
-	printf '%s' "$content" >"$tmp"
-	e2e_copy_in "$CT" "$tmp" "$path"
-	rm -f "$tmp"
-}
+put_file() { e2e_put "$CT" "$@"; }
 
 # GET PATH from the host; prints the body, fails on a connection error or a
 # status other than 2xx.

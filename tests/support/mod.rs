@@ -118,6 +118,34 @@ impl Systemd {
 
     /// Receives notifications until one contains `line` as a whole line; returns all received.
     pub async fn expect_notify(&self, line: &str) -> Vec<String> {
+        let (seen, ()) = self
+            .receive_until(line, |message| {
+                message.lines().any(|l| l == line).then_some(())
+            })
+            .await;
+        seen
+    }
+
+    /// Receives notifications until a line starts with `prefix`; returns the rest of that line.
+    pub async fn expect_notify_prefix(&self, prefix: &str) -> String {
+        let (_, rest) = self
+            .receive_until(prefix, |message| {
+                message
+                    .lines()
+                    .find_map(|l| l.strip_prefix(prefix))
+                    .map(str::to_owned)
+            })
+            .await;
+        rest
+    }
+
+    /// Receives notifications until `found` picks something out of one, at most `PATIENCE`;
+    /// returns every message received and what was picked.
+    async fn receive_until<T>(
+        &self,
+        what: &str,
+        mut found: impl FnMut(&str) -> Option<T>,
+    ) -> (Vec<String>, T) {
         let mut seen = Vec::new();
         let deadline = Instant::now() + PATIENCE;
         let mut buf = vec![0u8; 4096];
@@ -125,30 +153,13 @@ impl Systemd {
             let left = deadline.saturating_duration_since(Instant::now());
             let received = tokio::time::timeout(left, self.notify.recv(&mut buf)).await;
             let Ok(Ok(n)) = received else {
-                panic!("no notification {line:?} within {PATIENCE:?}; got {seen:#?}");
+                panic!("no notification {what:?} within {PATIENCE:?}; got {seen:#?}");
             };
             let message = String::from_utf8_lossy(&buf[..n]).into_owned();
-            let found = message.lines().any(|l| l == line);
+            let picked = found(&message);
             seen.push(message);
-            if found {
-                return seen;
-            }
-        }
-    }
-
-    /// Receives notifications until a line starts with `prefix`; returns the rest of that line.
-    pub async fn expect_notify_prefix(&self, prefix: &str) -> String {
-        let deadline = Instant::now() + PATIENCE;
-        let mut buf = vec![0u8; 4096];
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let received = tokio::time::timeout(left, self.notify.recv(&mut buf)).await;
-            let Ok(Ok(n)) = received else {
-                panic!("no notification starting with {prefix:?} within {PATIENCE:?}");
-            };
-            let message = String::from_utf8_lossy(&buf[..n]);
-            if let Some(rest) = message.lines().find_map(|l| l.strip_prefix(prefix)) {
-                return rest.to_owned();
+            if let Some(picked) = picked {
+                return (seen, picked);
             }
         }
     }
