@@ -5,9 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use seamless::cli::{self, Cli, Command};
-use seamless::verdict::{RequestError, Verdict};
-use seamless::{
+use seamless_core::cli::{self, Cli, Command};
+use seamless_core::verdict::{RequestError, Verdict};
+use seamless_core::{
     ConfigError, Loader, Stopped, listeners, logging, reload, server, signals, upgrade,
 };
 

@@ -13,9 +13,9 @@ use std::path::Path;
 
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
-use seamless::Config;
-use seamless::config::Loader;
-use seamless::listeners::{
+use seamless_core::Config;
+use seamless_core::config::Loader;
+use seamless_core::listeners::{
     ActivationEnv, LISTEN_FDNAMES, LISTEN_FDS, LISTEN_FDS_START, LISTEN_PID, ListenerError,
 };
 
