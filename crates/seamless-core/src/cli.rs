@@ -1,9 +1,12 @@
-//! Command line: what `seamless` can be asked to do, and the exit codes it answers with.
+//! Command line: what the service binary can be asked to do, and the exit codes it answers
+//! with. The command's name, version and description are the application's ([`Identity`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+
+use crate::identity::Identity;
 
 /// Exit code for success, also after a completed drain.
 pub const EXIT_OK: u8 = 0;
@@ -12,13 +15,11 @@ pub const EXIT_FAILURE: u8 = 1;
 /// Exit code for an invalid configuration (`EX_CONFIG` from sysexits.h, as `nginx -t` uses).
 pub const EXIT_CONFIG: u8 = 78;
 
-/// A systemd-native, socket-activated HTTP service that restarts and reloads without dropping
-/// a request.
+/// The command line of a service binary.
 #[derive(Debug, Parser)]
-#[command(name = "seamless", version, about)]
 pub struct Cli {
-    /// Configuration file [default: $CONFIGURATION_DIRECTORY/seamless.toml, else
-    /// /etc/seamless/seamless.toml]; drop-ins are read from seamless.d/ beside it.
+    /// Configuration file [default: $CONFIGURATION_DIRECTORY/NAME.toml, else
+    /// /etc/NAME/NAME.toml]; drop-ins are read from NAME.d/ beside it.
     #[arg(long, short = 'c', global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
 
@@ -37,14 +38,14 @@ pub enum Command {
     /// Ask a running service to reload (SIGHUP) and wait until it reports the result; exits
     /// non-zero with the error when the new configuration is refused. For ExecReload=.
     Reload {
-        /// The service's PID (ExecReload=seamless reload --pid $MAINPID).
+        /// The service's PID (ExecReload=NAME reload --pid $MAINPID).
         #[arg(long)]
         pid: i32,
         /// How long to wait for the service's verdict.
         #[arg(long, value_parser = humantime::parse_duration, default_value = "20s")]
         timeout: Duration,
         /// Where the service writes its verdict [default: $RUNTIME_DIRECTORY/reload-verdict, else
-        /// /run/seamless/reload-verdict].
+        /// /run/NAME/reload-verdict].
         #[arg(long, value_name = "PATH")]
         verdict_file: Option<PathBuf>,
     },
@@ -52,15 +53,41 @@ pub enum Command {
     /// starts with the listening sockets, and the old process drains once it serves. Exits 0
     /// once the new process serves, non-zero with the reason otherwise.
     Upgrade {
-        /// The service's PID (systemctl show -p MainPID --value seamless).
+        /// The service's PID (systemctl show -p MainPID --value NAME).
         #[arg(long)]
         pid: i32,
         /// How long to wait for the outcome (keep above upgrade.ready_timeout).
         #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
         timeout: Duration,
         /// Where the service writes its verdict [default: $RUNTIME_DIRECTORY/upgrade-verdict, else
-        /// /run/seamless/upgrade-verdict].
+        /// /run/NAME/upgrade-verdict].
         #[arg(long, value_name = "PATH")]
         verdict_file: Option<PathBuf>,
     },
+}
+
+impl Cli {
+    /// Parses the process's arguments for `identity`'s binary: `NAME` in the help texts becomes
+    /// the service's name, and `--version` and `--help` describe the application.
+    pub fn parse_for(identity: &Identity) -> Self {
+        let name = identity.name;
+        let command = Cli::command()
+            .name(name)
+            .bin_name(name)
+            .version(identity.version)
+            .about(identity.description)
+            .mut_args(|arg| named(arg, name))
+            .mut_subcommands(|sub| sub.mut_args(|arg| named(arg, name)));
+        let matches = command.get_matches();
+        // The matches come from this very struct's command, so they always convert.
+        Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit())
+    }
+}
+
+/// `arg` with `NAME` in its help replaced by the service's name.
+fn named(arg: clap::Arg, name: &str) -> clap::Arg {
+    match arg.get_help().map(ToString::to_string) {
+        Some(help) if help.contains("NAME") => arg.help(help.replace("NAME", name)),
+        _ => arg,
+    }
 }

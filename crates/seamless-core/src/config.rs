@@ -1,18 +1,22 @@
-//! Configuration: one plain struct, loaded in layers and validated as a whole.
+//! Configuration: the service's own keys, the application's keys beside them, loaded in
+//! layers and validated as a whole.
 //!
-//! Layers, lowest first:
+//! Layers, lowest first (`NAME` is the application's package name, see [`Identity`]):
 //!
-//! 1. built-in defaults ([`Config::default`]),
-//! 2. the main file: `--config PATH`, else `$CONFIGURATION_DIRECTORY/seamless.toml`, else
-//!    `/etc/seamless/seamless.toml`,
-//! 3. drop-ins `seamless.d/*.toml` beside the main file, in lexical order,
-//! 4. `SEAMLESS_*` environment variables, `__` separating nested keys
-//!    (`SEAMLESS_HTTP__MAX_CONNECTIONS=64`).
+//! 1. built-in defaults ([`Config::default`] and the application's `Default`),
+//! 2. the main file: `--config PATH`, else `$CONFIGURATION_DIRECTORY/NAME.toml`, else
+//!    `/etc/NAME/NAME.toml`,
+//! 3. drop-ins `NAME.d/*.toml` beside the main file, in lexical order,
+//! 4. `NAME_*` environment variables, `__` separating nested keys
+//!    (`ORDERS_API_HTTP__MAX_CONNECTIONS=64`).
 //!
-//! A missing default file means "built-in defaults"; a missing file named with `--config` is an
-//! error. Unknown keys are errors, so a typo never silently does nothing. Every error names the
-//! file (or variable) and the key.
+//! The service's keys are the sections `log`, `http`, `shutdown` and `upgrade` ([`Config`]);
+//! every other top-level key belongs to the application ([`AppConfig`]). A missing default file
+//! means "built-in defaults"; a missing file named with `--config` is an error. Unknown keys are
+//! errors, so a typo never silently does nothing. Every error names the file (or variable) and
+//! the key.
 
+use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::fmt;
 use std::net::SocketAddr;
@@ -21,17 +25,12 @@ use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use figment::value::{Dict, Value};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-/// Name of the main configuration file inside its directory.
-pub const FILE_NAME: &str = "seamless.toml";
-/// Directory searched for the main file when neither `--config` nor
-/// `$CONFIGURATION_DIRECTORY` says otherwise.
-pub const DEFAULT_DIR: &str = "/etc/seamless";
-/// Drop-in directory name, beside the main file.
-pub const DROP_IN_DIR: &str = "seamless.d";
-/// Prefix of environment variables that override keys.
-pub const ENV_PREFIX: &str = "SEAMLESS_";
+use crate::Identity;
+
 /// Longest duration any key accepts. Far beyond any sensible timeout, and far from the limits
 /// of the clocks the durations are added to (which panic on overflow).
 const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
@@ -40,13 +39,14 @@ const MIN_HEADER_BYTES: usize = 8192;
 /// Set by systemd for units with `ConfigurationDirectory=`.
 const CONFIGURATION_DIRECTORY: &str = "CONFIGURATION_DIRECTORY";
 
-/// The whole service configuration. Every field has a built-in default, so an empty file (or
-/// none) is a valid configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+/// The service's own configuration: logging, HTTP serving, draining, upgrades. Every field has
+/// a built-in default, so an empty file (or none) is a valid configuration.
+///
+/// Unknown keys are checked by [`Loader::load`] across this and the application's keys
+/// together, which is why this struct (unlike its sections) does not deny them itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Config {
-    /// Body of `GET /`. Changes live on reload.
-    pub message: String,
     /// Logging.
     pub log: LogConfig,
     /// HTTP serving.
@@ -55,8 +55,96 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// Binary hot upgrades.
     pub upgrade: UpgradeConfig,
-    /// Demo switches, all off by default.
-    pub demo: DemoConfig,
+}
+
+/// The application's configuration: its own top-level keys beside the service's sections
+/// (`log`, `http`, `shutdown`, `upgrade`), loaded from the same layers.
+///
+/// Derive `Serialize`, `Deserialize` and `Default`, with `#[serde(default)]` so every key is
+/// optional. Do **not** put `deny_unknown_fields` on the top-level struct (the loader checks
+/// unknown top-level keys across the service's and the application's keys); do put it on
+/// nested sections. Every top-level field must serialize (no `skip_serializing_if`): the
+/// serialized defaults are how the loader knows which keys exist.
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+/// use seamless_core::{AppConfig, Invalid};
+///
+/// #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// #[serde(default)]
+/// struct Settings {
+///     /// Live on reload.
+///     greeting: String,
+///     /// Sizes something built once at start: takes effect on restart.
+///     pool_size: u32,
+/// }
+///
+/// impl AppConfig for Settings {
+///     fn validate(&self) -> Result<(), Invalid> {
+///         if self.pool_size > 64 {
+///             return Err(Invalid::new("pool_size", "must be at most 64"));
+///         }
+///         Ok(())
+///     }
+///
+///     fn restart_only(&self, running: &Self) -> Vec<&'static str> {
+///         if self.pool_size != running.pool_size { vec!["pool_size"] } else { vec![] }
+///     }
+/// }
+///
+/// let bad = Settings { pool_size: 100, ..Settings::default() };
+/// assert_eq!(bad.validate().unwrap_err().key, "pool_size");
+/// ```
+pub trait AppConfig:
+    Serialize + DeserializeOwned + Default + Clone + fmt::Debug + Send + Sync + 'static
+{
+    /// Checks what types alone cannot. The error names the key (`section.key`) so the loader
+    /// can say which file or variable set it.
+    fn validate(&self) -> Result<(), Invalid> {
+        Ok(())
+    }
+
+    /// Keys whose new value (`self`) differs from the running one and cannot be applied by a
+    /// reload (they size or configure the long-lived state). A reload reports them as taking
+    /// effect on restart; every other key is live.
+    fn restart_only(&self, running: &Self) -> Vec<&'static str> {
+        let _ = running;
+        Vec::new()
+    }
+}
+
+/// A broken rule: the key (`section.key`) and what is wrong with its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    /// The offending key, dotted: `demo.history`.
+    pub key: &'static str,
+    /// What is wrong, e.g. "must be greater than zero".
+    pub what: String,
+}
+
+impl Invalid {
+    /// `key` is wrong because of `what`.
+    pub fn new(key: &'static str, what: impl Into<String>) -> Self {
+        Invalid {
+            key,
+            what: what.into(),
+        }
+    }
+}
+
+/// The configuration of an application without keys of its own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NoConfig {}
+
+impl AppConfig for NoConfig {}
+
+/// One complete, validated configuration: the service's and the application's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loaded<C> {
+    /// The service's keys.
+    pub service: Config,
+    /// The application's keys.
+    pub app: C,
 }
 
 /// `[log]`: what gets logged.
@@ -121,28 +209,6 @@ impl Default for UpgradeConfig {
     fn default() -> Self {
         UpgradeConfig {
             ready_timeout: Duration::from_secs(30),
-        }
-    }
-}
-
-/// `[demo]`: endpoints that exist only to demonstrate and test behaviour.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DemoConfig {
-    /// Enables `GET /slow?ms=N` (at most 60 s), used to show in-flight requests surviving a
-    /// drain. Off by default: a slow endpoint is a free way to hold connections open.
-    pub slow_endpoint: bool,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            message: "Hello from seamless!\n".to_owned(),
-            log: LogConfig::default(),
-            http: HttpConfig::default(),
-            shutdown: ShutdownConfig::default(),
-            upgrade: UpgradeConfig::default(),
-            demo: DemoConfig::default(),
         }
     }
 }
@@ -219,20 +285,39 @@ pub struct Loader {
     main: PathBuf,
     /// Whether a missing main file is an error (it was named with `--config`).
     required: bool,
+    /// `NAME.d`, beside the main file.
+    drop_in_dir: String,
+    /// `NAME_`, the prefix of overriding environment variables.
+    env_prefix: String,
 }
 
 impl Loader {
-    /// The loader for `--config PATH` if given, else for the default location.
-    pub fn new(explicit: Option<PathBuf>) -> Self {
-        match explicit {
-            Some(main) => Loader {
-                main,
-                required: true,
-            },
-            None => Loader {
-                main: default_dir().join(FILE_NAME),
-                required: false,
-            },
+    /// The loader for `--config PATH` if given, else for the default location of `identity`'s
+    /// file.
+    ///
+    /// ```
+    /// use seamless_core::{Loader, NoConfig, identity};
+    ///
+    /// let dir = std::env::temp_dir().join(format!("loader-doc-{}", std::process::id()));
+    /// std::fs::create_dir_all(dir.join("seamless-core.d")).unwrap();
+    /// std::fs::write(dir.join("seamless-core.toml"), "[http]\nmax_connections = 10\n").unwrap();
+    /// std::fs::write(dir.join("seamless-core.d/50-more.toml"), "[http]\nmax_connections = 20\n").unwrap();
+    ///
+    /// let loader = Loader::new(&identity!(), Some(dir.join("seamless-core.toml")));
+    /// let loaded = loader.load::<NoConfig>().unwrap();
+    /// assert_eq!(loaded.service.http.max_connections, 20); // the drop-in wins
+    /// # std::fs::remove_dir_all(dir).unwrap();
+    /// ```
+    pub fn new(identity: &Identity, explicit: Option<PathBuf>) -> Self {
+        let (main, required) = match explicit {
+            Some(main) => (main, true),
+            None => (default_dir(identity).join(identity.config_file()), false),
+        };
+        Loader {
+            main,
+            required,
+            drop_in_dir: identity.drop_in_dir(),
+            env_prefix: identity.env_prefix(),
         }
     }
 
@@ -241,39 +326,80 @@ impl Loader {
         &self.main
     }
 
-    /// Loads and validates all layers. Pure with respect to the service: nothing is applied.
-    pub fn load(&self) -> Result<Config, ConfigError> {
-        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+    /// Loads and validates all layers, the service's keys and the application's `C`. Pure
+    /// with respect to the service: nothing is applied.
+    pub fn load<C: AppConfig>(&self) -> Result<Loaded<C>, ConfigError> {
+        let defaults = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Serialized::defaults(C::default()));
+        let mut figment = defaults.clone();
         if readable_file(&self.main, self.required)? {
             figment = figment.merge(Toml::file_exact(&self.main));
         }
         for drop_in in self.drop_ins()? {
             figment = figment.merge(Toml::file_exact(drop_in));
         }
-        figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
+        figment = figment.merge(Env::prefixed(&self.env_prefix).split("__"));
 
-        let config: Config = figment.extract().map_err(|e| describe(&figment, e))?;
-        config.validate().map_err(|(mut key, what)| {
+        let describe = |error| self.describe(&figment, error);
+        self.reject_unknown_keys(&defaults, &figment)?;
+        let service: Config = figment.extract().map_err(describe)?;
+        let app: C = figment.extract().map_err(describe)?;
+        let invalid = service.validate().err().or_else(|| app.validate().err());
+        if let Some(Invalid { mut key, what }) = invalid {
             // A rule between two keys is broken by whichever one was set: blame that one, so
             // the message names the file (or variable) to fix rather than the defaults.
             if key == "shutdown.linger" && is_default(&figment, key) {
                 key = "shutdown.drain_timeout";
             }
-            ConfigError::Invalid(InvalidConfig {
-                errors: vec![format!("{}: key `{key}`: {what}", source_of(&figment, key))],
-            })
-        })?;
-        Ok(config)
+            return Err(ConfigError::Invalid(InvalidConfig {
+                errors: vec![format!(
+                    "{}: key `{key}`: {what}",
+                    self.source_of(&figment, key)
+                )],
+            }));
+        }
+        Ok(Loaded { service, app })
     }
 
-    /// `seamless.d/*.toml` beside the main file, sorted by name. A missing directory is fine;
+    /// Top-level keys that neither the service nor the application knows. Nested sections
+    /// deny unknown keys themselves; the top level is shared, so it is checked here against
+    /// the keys the built-in defaults have.
+    fn reject_unknown_keys(
+        &self,
+        defaults: &Figment,
+        figment: &Figment,
+    ) -> Result<(), ConfigError> {
+        let known: BTreeSet<String> = top_level(defaults).into_keys().collect();
+        let errors: Vec<String> = top_level(figment)
+            .into_keys()
+            .filter(|key| !known.contains(key))
+            .map(|key| {
+                let expected = known
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                format!(
+                    "{}: key `{key}`: unknown key, expected one of {expected}",
+                    self.source_of(figment, &key)
+                )
+            })
+            .collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(InvalidConfig { errors }))
+        }
+    }
+
+    /// `NAME.d/*.toml` beside the main file, sorted by name. A missing directory is fine;
     /// one that exists but cannot be listed is an error, not an empty list.
     fn drop_ins(&self) -> Result<Vec<PathBuf>, ConfigError> {
         let dir = self
             .main
             .parent()
             .unwrap_or_else(|| Path::new("."))
-            .join(DROP_IN_DIR);
+            .join(&self.drop_in_dir);
         let entries = match std::fs::read_dir(&dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -295,15 +421,65 @@ impl Loader {
     }
 }
 
+impl Loader {
+    /// Turns figment's errors into lines of the form `SOURCE: key `KEY`: WHAT`.
+    fn describe(&self, figment: &Figment, error: figment::Error) -> ConfigError {
+        let errors = error
+            .into_iter()
+            .map(|e| {
+                let key = e.path.join(".");
+                let source = match &e.metadata {
+                    Some(meta) => match &meta.source {
+                        Some(source) => source_name(source),
+                        // Environment variables have no file: name the variable itself.
+                        None if !key.is_empty() => self.env_var_for(&e.path),
+                        None => meta.name.to_string(),
+                    },
+                    None => self.source_of(figment, &key),
+                };
+                let what = one_line(&e.kind.to_string());
+                if key.is_empty() {
+                    format!("{source}: {what}")
+                } else {
+                    format!("{source}: key `{key}`: {what}")
+                }
+            })
+            .collect();
+        ConfigError::Invalid(InvalidConfig { errors })
+    }
+
+    /// The variable that sets `path`: `http.max_connections` → `NAME_HTTP__MAX_CONNECTIONS`.
+    fn env_var_for(&self, path: &[String]) -> String {
+        format!("{}{}", self.env_prefix, path.join("__").to_uppercase())
+    }
+
+    /// Which layer set `key` last: a file path, an environment variable, or "built-in defaults".
+    fn source_of(&self, figment: &Figment, key: &str) -> String {
+        match figment.find_metadata(key) {
+            Some(meta) => match &meta.source {
+                Some(source) => source_name(source),
+                None => {
+                    let path: Vec<String> = key.split('.').map(str::to_owned).collect();
+                    self.env_var_for(&path)
+                }
+            },
+            None => "built-in defaults".to_owned(),
+        }
+    }
+}
+
 impl Config {
     /// Checks what types alone cannot. Returns the offending key and what is wrong.
-    fn validate(&self) -> Result<(), (&'static str, String)> {
+    fn validate(&self) -> Result<(), Invalid> {
         if let Err(e) = self
             .log
             .level
             .parse::<tracing_subscriber::filter::EnvFilter>()
         {
-            return Err(("log.level", format!("not a valid filter directive: {e}")));
+            return Err(Invalid::new(
+                "log.level",
+                format!("not a valid filter directive: {e}"),
+            ));
         }
         let positive: [(&'static str, bool); 5] = [
             (
@@ -322,7 +498,7 @@ impl Config {
             ),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, ok)| !ok) {
-            return Err((key, "must be greater than zero".to_owned()));
+            return Err(Invalid::new(key, "must be greater than zero"));
         }
         let durations: [(&'static str, Duration); 5] = [
             ("http.header_read_timeout", self.http.header_read_timeout),
@@ -332,7 +508,7 @@ impl Config {
             ("upgrade.ready_timeout", self.upgrade.ready_timeout),
         ];
         if let Some((key, _)) = durations.iter().find(|(_, d)| *d > MAX_DURATION) {
-            return Err((
+            return Err(Invalid::new(
                 key,
                 format!(
                     "must be at most {}",
@@ -341,13 +517,13 @@ impl Config {
             ));
         }
         if self.http.max_header_bytes < MIN_HEADER_BYTES {
-            return Err((
+            return Err(Invalid::new(
                 "http.max_header_bytes",
                 format!("must be at least {MIN_HEADER_BYTES}"),
             ));
         }
         if self.shutdown.linger > self.shutdown.drain_timeout {
-            return Err((
+            return Err(Invalid::new(
                 "shutdown.linger",
                 format!(
                     "{} exceeds shutdown.drain_timeout ({})",
@@ -360,14 +536,14 @@ impl Config {
     }
 }
 
-/// `$CONFIGURATION_DIRECTORY` (its first entry) when systemd set it, else `/etc/seamless`.
-fn default_dir() -> PathBuf {
+/// `$CONFIGURATION_DIRECTORY` (its first entry) when systemd set it, else `/etc/NAME`.
+fn default_dir(identity: &Identity) -> PathBuf {
     std::env::var_os(CONFIGURATION_DIRECTORY)
         .and_then(|dirs| {
             let first = dirs.to_string_lossy().split(':').next()?.to_owned();
             (!first.is_empty()).then(|| PathBuf::from(first))
         })
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_DIR))
+        .unwrap_or_else(|| PathBuf::from(identity.config_dir()))
 }
 
 /// Whether `path` should be read: `false` when it is absent and optional. Opening it here turns
@@ -386,34 +562,8 @@ fn readable_file(path: &Path, required: bool) -> Result<bool, ConfigError> {
     }
 }
 
-/// Turns figment's errors into lines of the form `SOURCE: key `KEY`: WHAT`.
-fn describe(figment: &Figment, error: figment::Error) -> ConfigError {
-    let errors = error
-        .into_iter()
-        .map(|e| {
-            let key = e.path.join(".");
-            let source = match &e.metadata {
-                Some(meta) => match &meta.source {
-                    Some(source) => source_name(source),
-                    // Environment variables have no file: name the variable itself.
-                    None if !key.is_empty() => env_var_for(&e.path),
-                    None => meta.name.to_string(),
-                },
-                None => source_of(figment, &key),
-            };
-            let what = one_line(&e.kind.to_string());
-            if key.is_empty() {
-                format!("{source}: {what}")
-            } else {
-                format!("{source}: key `{key}`: {what}")
-            }
-        })
-        .collect();
-    ConfigError::Invalid(InvalidConfig { errors })
-}
-
 /// A layer's name for messages. Files by their full path: figment's own display makes them
-/// relative to the working directory, which is `/` under systemd (`etc/seamless/…`).
+/// relative to the working directory, which is `/` under systemd (`etc/NAME/…`).
 fn source_name(source: &figment::Source) -> String {
     match source {
         figment::Source::File(path) => path.display().to_string(),
@@ -430,9 +580,13 @@ fn is_default(figment: &Figment, key: &str) -> bool {
         .is_none_or(|meta| matches!(meta.source, Some(figment::Source::Code(_))))
 }
 
-/// The variable that sets `path`: `http.max_connections` → `SEAMLESS_HTTP__MAX_CONNECTIONS`.
-fn env_var_for(path: &[String]) -> String {
-    format!("{ENV_PREFIX}{}", path.join("__").to_uppercase())
+/// The top-level keys and values of a layered configuration (empty when it is not a table,
+/// which extraction then reports).
+fn top_level(figment: &Figment) -> Dict {
+    match figment.extract::<Value>() {
+        Ok(Value::Dict(_, dict)) => dict,
+        _ => Dict::new(),
+    }
 }
 
 /// Folds a multi-line parser message (with its source excerpt and caret) into one line, so
@@ -454,20 +608,6 @@ fn one_line(message: &str) -> String {
         .join("; ")
 }
 
-/// Which layer set `key` last: a file path, an environment variable, or "built-in defaults".
-fn source_of(figment: &Figment, key: &str) -> String {
-    match figment.find_metadata(key) {
-        Some(meta) => match &meta.source {
-            Some(source) => source_name(source),
-            None => {
-                let path: Vec<String> = key.split('.').map(str::to_owned).collect();
-                env_var_for(&path)
-            }
-        },
-        None => "built-in defaults".to_owned(),
-    }
-}
-
 #[cfg(test)]
 // figment's `Jail` closures return its (large) error type; that is its API, not our choice.
 #[allow(clippy::result_large_err)]
@@ -475,11 +615,53 @@ mod tests {
     use super::*;
     use figment::Jail;
 
-    fn load_in(jail: &Jail) -> Result<Config, ConfigError> {
-        Loader::new(Some(jail.directory().join(FILE_NAME))).load()
+    const EXAMPLE: Identity = Identity {
+        name: "example",
+        version: "1.0.0",
+        description: "",
+    };
+    const FILE_NAME: &str = "example.toml";
+    const DROP_IN_DIR: &str = "example.d";
+
+    /// An application's keys, beside the service's.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(default)]
+    struct Settings {
+        message: String,
+        demo: Demo,
     }
 
-    fn error_text(result: Result<Config, ConfigError>) -> String {
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    struct Demo {
+        level: u8,
+    }
+
+    impl Default for Settings {
+        fn default() -> Self {
+            Settings {
+                message: "default".into(),
+                demo: Demo::default(),
+            }
+        }
+    }
+
+    impl AppConfig for Settings {
+        fn validate(&self) -> Result<(), Invalid> {
+            if self.demo.level > 3 {
+                return Err(Invalid::new("demo.level", "must be at most 3"));
+            }
+            Ok(())
+        }
+    }
+
+    type Both = Loaded<Settings>;
+
+    fn load_in(jail: &Jail) -> Result<Both, ConfigError> {
+        Loader::new(&EXAMPLE, Some(jail.directory().join(FILE_NAME))).load()
+    }
+
+    fn error_text(result: Result<Both, ConfigError>) -> String {
         match result {
             Ok(config) => panic!("expected an error, got {config:?}"),
             Err(e) => e.to_string(),
@@ -490,10 +672,12 @@ mod tests {
     fn defaults_without_any_file() {
         Jail::expect_with(|jail| {
             let loader = Loader {
-                main: jail.directory().join("absent.toml"),
                 required: false,
+                ..Loader::new(&EXAMPLE, Some(jail.directory().join("absent.toml")))
             };
-            assert_eq!(loader.load().expect("defaults load"), Config::default());
+            let loaded: Both = loader.load().expect("defaults load");
+            assert_eq!(loaded.service, Config::default());
+            assert_eq!(loaded.app, Settings::default());
             Ok(())
         });
     }
@@ -516,19 +700,19 @@ mod tests {
                 "message = \"file\"\n[http]\nmax_connections = 10\nrequest_timeout = \"5s\"\n",
             )?;
             std::fs::create_dir(jail.directory().join(DROP_IN_DIR)).expect("mkdir");
-            jail.create_file("seamless.d/20-b.toml", "message = \"drop-in b\"\n")?;
+            jail.create_file("example.d/20-b.toml", "message = \"drop-in b\"\n")?;
             jail.create_file(
-                "seamless.d/10-a.toml",
+                "example.d/10-a.toml",
                 "message = \"drop-in a\"\n[http]\nmax_connections = 20\n",
             )?;
-            jail.create_file("seamless.d/ignored.txt", "not toml at all")?;
-            jail.set_env("SEAMLESS_HTTP__MAX_CONNECTIONS", "30");
+            jail.create_file("example.d/ignored.txt", "not toml at all")?;
+            jail.set_env("EXAMPLE_HTTP__MAX_CONNECTIONS", "30");
 
             let config = load_in(jail).expect("valid layers");
-            assert_eq!(config.message, "drop-in b", "later drop-in wins");
-            assert_eq!(config.http.max_connections, 30, "environment wins");
-            assert_eq!(config.http.request_timeout, Duration::from_secs(5));
-            assert_eq!(config.shutdown, ShutdownConfig::default());
+            assert_eq!(config.app.message, "drop-in b", "later drop-in wins");
+            assert_eq!(config.service.http.max_connections, 30, "environment wins");
+            assert_eq!(config.service.http.request_timeout, Duration::from_secs(5));
+            assert_eq!(config.service.shutdown, ShutdownConfig::default());
             Ok(())
         });
     }
@@ -582,7 +766,7 @@ mod tests {
         Jail::expect_with(|jail| {
             jail.create_file(FILE_NAME, "")?;
             std::fs::create_dir(jail.directory().join(DROP_IN_DIR)).expect("mkdir");
-            jail.create_file("seamless.d/50-oops.toml", "[log]\nlevle = \"debug\"\n")?;
+            jail.create_file("example.d/50-oops.toml", "[log]\nlevle = \"debug\"\n")?;
             let text = error_text(load_in(jail));
             assert!(text.contains("50-oops.toml"), "{text}");
             assert!(text.contains("levle"), "{text}");
@@ -594,9 +778,9 @@ mod tests {
     fn bad_environment_value_names_variable() {
         Jail::expect_with(|jail| {
             jail.create_file(FILE_NAME, "")?;
-            jail.set_env("SEAMLESS_HTTP__MAX_CONNECTIONS", "lots");
+            jail.set_env("EXAMPLE_HTTP__MAX_CONNECTIONS", "lots");
             let text = error_text(load_in(jail));
-            assert!(text.contains("SEAMLESS_HTTP__MAX_CONNECTIONS"), "{text}");
+            assert!(text.contains("EXAMPLE_HTTP__MAX_CONNECTIONS"), "{text}");
             Ok(())
         });
     }
@@ -629,8 +813,56 @@ mod tests {
             jail.create_file(FILE_NAME, "message = \"from systemd's directory\"\n")?;
             let dir = jail.directory().display().to_string();
             jail.set_env(CONFIGURATION_DIRECTORY, format!("{dir}:/elsewhere"));
-            let config = Loader::new(None).load().expect("valid");
-            assert_eq!(config.message, "from systemd's directory");
+            let config: Both = Loader::new(&EXAMPLE, None).load().expect("valid");
+            assert_eq!(config.app.message, "from systemd's directory");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_top_level_key_names_its_source() {
+        Jail::expect_with(|jail| {
+            jail.create_file(FILE_NAME, "mesage = \"typo\"\n")?;
+            let text = error_text(load_in(jail));
+            assert!(text.contains("key `mesage`: unknown key"), "{text}");
+            assert!(text.contains(FILE_NAME), "{text}");
+            assert!(text.contains("message"), "lists what is known: {text}");
+
+            jail.create_file(FILE_NAME, "")?;
+            jail.set_env("EXAMPLE_NOPE", "1");
+            let text = error_text(load_in(jail));
+            assert!(text.contains("EXAMPLE_NOPE"), "{text}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn application_keys_load_and_validate_beside_the_service_keys() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                FILE_NAME,
+                "message = \"app\"\n[demo]\nlevel = 2\n[http]\nmax_connections = 7\n",
+            )?;
+            let loaded = load_in(jail).expect("valid");
+            assert_eq!(
+                (loaded.app.message.as_str(), loaded.app.demo.level),
+                ("app", 2)
+            );
+            assert_eq!(loaded.service.http.max_connections, 7);
+
+            jail.create_file(FILE_NAME, "[demo]\nlevel = 9\n")?;
+            let text = error_text(load_in(jail));
+            assert!(
+                text.contains(FILE_NAME) && text.contains("key `demo.level`: must be at most 3"),
+                "{text}"
+            );
+
+            jail.create_file(FILE_NAME, "[demo]\nlevl = 1\n")?;
+            let text = error_text(load_in(jail));
+            assert!(
+                text.contains("levl"),
+                "nested application sections deny unknown keys: {text}"
+            );
             Ok(())
         });
     }

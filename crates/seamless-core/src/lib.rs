@@ -1,41 +1,80 @@
-//! seamless: a systemd-native, socket-activated HTTP service that restarts, reloads and upgrades
-//! without dropping a request — and a template to copy for your own.
+//! seamless-core: the systemd plumbing of an HTTP service that restarts, reloads and upgrades
+//! without dropping a request. An application implements [`App`] and calls [`main`]; this
+//! library does the rest.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//!
+//! use axum::{Router, routing::get};
+//! use seamless_core::{App, BoxError, Identity, Metrics, NoConfig};
+//!
+//! struct Hello;
+//!
+//! impl App for Hello {
+//!     const IDENTITY: Identity = seamless_core::identity!();
+//!     type Config = NoConfig;
+//!     type State = ();
+//!
+//!     async fn state(_: &NoConfig, _: &mut Metrics) -> Result<(), BoxError> {
+//!         Ok(())
+//!     }
+//!
+//!     fn router(_: &Arc<()>, _: &NoConfig) -> Router {
+//!         Router::new().route("/", get(|| async { "hello\n" }))
+//!     }
+//! }
+//!
+//! fn main() -> std::process::ExitCode {
+//!     seamless_core::main::<Hello>()
+//! }
+//! ```
 //!
 //! # Layout
 //!
-//! The binary (`src/main.rs`) parses the command line, loads the configuration, takes the
-//! sockets, sets up logging and calls [`server::run`]. Everything else is here, one concern per
-//! module:
-//!
 //! | module | concern |
 //! |---|---|
+//! | [`app`] | what an application supplies: the [`App`] trait |
+//! | [`identity`] | the service's name and every name derived from it |
+//! | [`entry`] | the binary's edge: [`main`] |
 //! | [`cli`] | command line and exit codes |
-//! | [`config`] | the configuration struct, its layers (defaults, file, drop-ins, env) and validation |
+//! | [`config`] | the service's keys beside the application's, layers, validation |
 //! | [`listeners`] | sockets from systemd (`LISTEN_FDS`) or bound ourselves |
 //! | [`signals`] | `SIGHUP`/`SIGUSR2`/`SIGTERM`/`SIGINT`/`SIGQUIT` as [`signals::Request`]s |
 //! | [`notify`] | `sd_notify`: `READY`, `RELOADING`, `STOPPING`, `STATUS`, `WATCHDOG` |
-//! | [`server`] | accept loops, connections, reloads, the zero-drop drain: [`server::run`] |
+//! | [`server`] | accept loops, connections, the events of a serving process: [`run`] |
+//! | [`generation`] | one configuration generation, swapped as a whole |
+//! | [`routes`] | built-in routes and what is done to every response |
 //! | [`drain`] | coordination: telling tasks the drain began, knowing when all have ended |
-//! | [`reload`] | swapping in a new configuration; `seamless reload` |
-//! | [`upgrade`] | binary hot upgrade: successor start, socket handover, `seamless upgrade` |
+//! | [`reload`] | swapping in a new configuration; `NAME reload` |
+//! | [`upgrade`] | binary hot upgrade: successor start, socket handover, `NAME upgrade` |
 //! | [`verdict`] | how the service answers a tool that signalled it (reload, upgrade) |
-//! | [`app`] | routes and per-request layers |
-//! | [`metrics`] | counters behind `GET /metrics` |
+//! | [`metrics`] | the service's and the application's metrics behind `GET /metrics` |
 //! | [`logging`] | journald natively under systemd, readable stderr otherwise |
 
 pub mod app;
 pub mod cli;
 pub mod config;
 pub mod drain;
+pub mod entry;
+pub mod generation;
+pub mod identity;
 pub mod listeners;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod reload;
+pub mod routes;
 pub mod server;
 pub mod signals;
 pub mod upgrade;
 pub mod verdict;
 
-pub use config::{Config, ConfigError, Loader};
+#[cfg(test)]
+mod test_app;
+
+pub use app::{App, BoxError};
+pub use config::{AppConfig, Config, ConfigError, Invalid, Loaded, Loader, NoConfig};
+pub use entry::main;
+pub use identity::Identity;
+pub use metrics::Metrics;
 pub use server::{Stopped, run};

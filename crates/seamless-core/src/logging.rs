@@ -3,7 +3,7 @@
 //! systemd connects stderr to the journal and says so with `JOURNAL_STREAM=<dev>:<ino>`; when
 //! that matches stderr we log through the native protocol instead, so each event keeps its
 //! priority and its fields (`GENERATION`, `PEER`, `ERROR`, …) as journal fields:
-//! `journalctl -u seamless -o json` shows them. The filter (`log.level`) can be swapped on a
+//! `journalctl -u NAME -o json` shows them. The filter (`log.level`) can be swapped on a
 //! reload through the [`Handle`].
 
 use std::io::IsTerminal;
@@ -41,8 +41,9 @@ pub enum Sink {
     Stderr,
 }
 
-/// Installs the global subscriber with `directive` as the filter. Call once, early.
-pub fn init(directive: &str) -> (Handle, Sink) {
+/// Installs the global subscriber with `directive` as the filter; journal entries carry
+/// `identifier` as `SYSLOG_IDENTIFIER`. Call once, early.
+pub fn init(identifier: &str, directive: &str) -> (Handle, Sink) {
     // Validated by the config loader; a broken directive here would be a bug, so fall back
     // to `info` rather than lose all logging.
     let filter = EnvFilter::try_new(directive).unwrap_or_else(|_| EnvFilter::new("info"));
@@ -51,7 +52,7 @@ pub fn init(directive: &str) -> (Handle, Sink) {
         .then(|| {
             tracing_journald::layer().ok().map(|layer| {
                 layer
-                    .with_syslog_identifier("seamless".to_owned())
+                    .with_syslog_identifier(identifier.to_owned())
                     // Our field names are our own; no `F_` prefix needed to tell them apart.
                     .with_field_prefix(None)
             })

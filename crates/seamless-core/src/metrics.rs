@@ -1,147 +1,182 @@
-//! Counters for `GET /metrics`, in the Prometheus text format.
+//! Metrics for `GET /metrics`: the service's own, and the application's beside them.
 //!
-//! A handful of atomics rendered by hand: no registry, no allocation on the request path.
+//! Built on `prometheus-client` (the official OpenMetrics client for Rust). The registry is
+//! filled once at start — the service's families here, the application's in
+//! [`App::state`](crate::App::state) — and only read afterwards. Every metric handle the
+//! request path touches is created up front, so a request costs a few relaxed atomic
+//! additions and no lookups.
+//!
+//! Names carry the application's prefix ([`Identity::metric_prefix`](crate::Identity)):
+//! `orders_api_http_responses_total{class="2xx"}`.
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::AtomicI64;
 
-/// Everything `/metrics` reports. Shared by the server, the reload logic and the handlers.
-#[derive(Debug, Default)]
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// The `Content-Type` of [`Metrics::render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Labels of a family: `(name, value)` pairs.
+type Labels = Vec<(&'static str, &'static str)>;
+
+/// The service's metrics, and the registry that renders them with the application's.
+#[derive(Debug)]
 pub struct Metrics {
+    /// Every family, the application's included; read-only once serving starts.
+    registry: Registry,
     /// Responses by status class: index 0 is 1xx … index 4 is 5xx.
-    responses: [AtomicU64; 5],
+    responses: [Counter; 5],
     /// Connections accepted and served.
-    connections_total: AtomicU64,
+    connections: Counter,
     /// Connections open right now (also the basis of `http.max_connections`).
-    open_connections: AtomicUsize,
+    open_connections: Gauge<i64, AtomicI64>,
     /// Connections refused with `503` because `http.max_connections` was reached.
-    rejected_total: AtomicU64,
+    rejected: Counter,
     /// The configuration generation serving new requests (1 at start).
-    generation: AtomicU64,
+    generation: Gauge<i64, AtomicI64>,
     /// Reloads that were applied.
-    reloads_ok: AtomicU64,
+    reloads_ok: Counter,
     /// Reloads that kept the old configuration.
-    reloads_failed: AtomicU64,
-    /// Whether the drain has started.
-    draining: AtomicBool,
+    reloads_failed: Counter,
+    /// 1 once the drain has started.
+    draining: Gauge<i64, AtomicI64>,
 }
 
 impl Metrics {
-    /// Counts one response.
-    pub fn response(&self, status: u16) {
-        let class = usize::from(status / 100).clamp(1, 5) - 1;
-        self.responses[class].fetch_add(1, Relaxed);
+    /// The service's families, registered under `prefix` (see the module docs). Register the
+    /// application's in [`Metrics::registry`] before serving starts.
+    pub fn new(prefix: &str) -> Self {
+        let mut registry = Registry::with_prefix(prefix);
+        let responses = Family::<Labels, Counter>::default();
+        registry.register(
+            "http_responses",
+            "HTTP responses sent, by status class",
+            responses.clone(),
+        );
+        let responses = ["1xx", "2xx", "3xx", "4xx", "5xx"]
+            .map(|class| responses.get_or_create(&vec![("class", class)]).clone());
+        let reloads = Family::<Labels, Counter>::default();
+        registry.register(
+            "reloads",
+            "Configuration reloads, by result",
+            reloads.clone(),
+        );
+        let [reloads_ok, reloads_failed] =
+            ["ok", "failed"].map(|result| reloads.get_or_create(&vec![("result", result)]).clone());
+        let mut metrics = Metrics {
+            registry,
+            responses,
+            connections: Counter::default(),
+            open_connections: Gauge::default(),
+            rejected: Counter::default(),
+            generation: Gauge::default(),
+            reloads_ok,
+            reloads_failed,
+            draining: Gauge::default(),
+        };
+        let registry = &mut metrics.registry;
+        registry.register(
+            "connections",
+            "Connections accepted",
+            metrics.connections.clone(),
+        );
+        registry.register(
+            "open_connections",
+            "Connections open now",
+            metrics.open_connections.clone(),
+        );
+        registry.register(
+            "rejected_connections",
+            "Connections refused with 503 over http.max_connections",
+            metrics.rejected.clone(),
+        );
+        registry.register(
+            "config_generation",
+            "Configuration generation serving requests",
+            metrics.generation.clone(),
+        );
+        registry.register(
+            "draining",
+            "1 while the service drains before exit",
+            metrics.draining.clone(),
+        );
+        metrics
     }
 
-    /// A connection opened; returns how many are open now, itself included.
-    pub fn connection_opened(&self) -> usize {
-        self.connections_total.fetch_add(1, Relaxed);
-        self.open_connections.fetch_add(1, Relaxed) + 1
+    /// Where the application registers its own metrics, under the same prefix.
+    ///
+    /// ```
+    /// use prometheus_client::metrics::counter::Counter;
+    ///
+    /// let mut metrics = seamless_core::Metrics::new("orders_api");
+    /// let orders = Counter::<u64>::default();
+    /// metrics.registry().register("orders", "Orders taken", orders.clone());
+    /// orders.inc();
+    /// assert!(metrics.render().contains("orders_api_orders_total 1"));
+    /// ```
+    pub fn registry(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
+    /// Counts one response.
+    pub(crate) fn response(&self, status: u16) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.responses[class].inc();
+    }
+
+    /// A connection opened.
+    pub(crate) fn connection_opened(&self) {
+        self.connections.inc();
+        self.open_connections.inc();
     }
 
     /// A connection closed.
-    pub fn connection_closed(&self) {
-        self.open_connections.fetch_sub(1, Relaxed);
+    pub(crate) fn connection_closed(&self) {
+        self.open_connections.dec();
     }
 
     /// Connections open right now.
-    pub fn open_connections(&self) -> usize {
-        self.open_connections.load(Relaxed)
+    pub(crate) fn open_connections(&self) -> usize {
+        usize::try_from(self.open_connections.get()).unwrap_or(0)
     }
 
     /// A connection was refused for being over the limit.
-    pub fn rejected(&self) {
-        self.rejected_total.fetch_add(1, Relaxed);
+    pub(crate) fn rejected(&self) {
+        self.rejected.inc();
     }
 
     /// Records a reload's outcome and the generation now serving.
-    pub fn reloaded(&self, ok: bool, generation: u64) {
-        let counter = if ok {
-            &self.reloads_ok
+    pub(crate) fn reloaded(&self, ok: bool, generation: u64) {
+        if ok {
+            self.reloads_ok.inc();
         } else {
-            &self.reloads_failed
-        };
-        counter.fetch_add(1, Relaxed);
-        self.generation.store(generation, Relaxed);
+            self.reloads_failed.inc();
+        }
+        self.set_generation(generation);
     }
 
     /// Sets the generation serving requests.
-    pub fn set_generation(&self, generation: u64) {
-        self.generation.store(generation, Relaxed);
+    pub(crate) fn set_generation(&self, generation: u64) {
+        self.generation
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
     }
 
     /// Marks the drain as started.
-    pub fn set_draining(&self) {
-        self.draining.store(true, Relaxed);
+    pub(crate) fn set_draining(&self) {
+        self.draining.set(1);
     }
 
-    /// Whether the drain has started: `/readyz` answers 503 and responses close connections.
-    pub fn draining(&self) -> bool {
-        self.draining.load(Relaxed)
-    }
-
-    /// The Prometheus text exposition.
+    /// The OpenMetrics text exposition of every family, the application's included.
     pub fn render(&self) -> String {
-        let mut out = String::with_capacity(1024);
-        out.push_str(
-            "# HELP seamless_http_responses_total HTTP responses sent, by status class.\n",
-        );
-        out.push_str("# TYPE seamless_http_responses_total counter\n");
-        for (i, count) in self.responses.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "seamless_http_responses_total{{class=\"{}xx\"}} {}",
-                i + 1,
-                count.load(Relaxed)
-            );
+        let mut out = String::with_capacity(2048);
+        // Writing into a String cannot fail; an encoding error would be a bug in a metric.
+        if let Err(error) = encode(&mut out, &self.registry) {
+            tracing::warn!(%error, "cannot encode metrics");
         }
-        let gauges: [(&str, &str, &str, u64); 4] = [
-            (
-                "seamless_connections_total",
-                "counter",
-                "Connections accepted.",
-                self.connections_total.load(Relaxed),
-            ),
-            (
-                "seamless_open_connections",
-                "gauge",
-                "Connections open now.",
-                self.open_connections.load(Relaxed) as u64,
-            ),
-            (
-                "seamless_rejected_connections_total",
-                "counter",
-                "Connections refused with 503 over http.max_connections.",
-                self.rejected_total.load(Relaxed),
-            ),
-            (
-                "seamless_config_generation",
-                "gauge",
-                "Configuration generation serving requests.",
-                self.generation.load(Relaxed),
-            ),
-        ];
-        for (name, kind, help, value) in gauges {
-            let _ = write!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-            );
-        }
-        out.push_str("# HELP seamless_reloads_total Configuration reloads, by result.\n");
-        out.push_str("# TYPE seamless_reloads_total counter\n");
-        let _ = writeln!(
-            out,
-            "seamless_reloads_total{{result=\"ok\"}} {}",
-            self.reloads_ok.load(Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "seamless_reloads_total{{result=\"failed\"}} {}",
-            self.reloads_failed.load(Relaxed)
-        );
-        out.push_str("# HELP seamless_draining 1 while the service drains before exit.\n");
-        out.push_str("# TYPE seamless_draining gauge\n");
-        let _ = writeln!(out, "seamless_draining {}", u8::from(self.draining()));
         out
     }
 }
@@ -152,7 +187,7 @@ mod tests {
 
     #[test]
     fn renders_every_family() {
-        let metrics = Metrics::default();
+        let metrics = Metrics::new("example");
         metrics.response(200);
         metrics.response(204);
         metrics.response(503);
@@ -162,14 +197,14 @@ mod tests {
         metrics.set_draining();
         let text = metrics.render();
         for line in [
-            "seamless_http_responses_total{class=\"2xx\"} 2",
-            "seamless_http_responses_total{class=\"5xx\"} 1",
-            "seamless_open_connections 1",
-            "seamless_connections_total 1",
-            "seamless_config_generation 2",
-            "seamless_reloads_total{result=\"ok\"} 1",
-            "seamless_reloads_total{result=\"failed\"} 1",
-            "seamless_draining 1",
+            "example_http_responses_total{class=\"2xx\"} 2",
+            "example_http_responses_total{class=\"5xx\"} 1",
+            "example_open_connections 1",
+            "example_connections_total 1",
+            "example_config_generation 2",
+            "example_reloads_total{result=\"ok\"} 1",
+            "example_reloads_total{result=\"failed\"} 1",
+            "example_draining 1",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

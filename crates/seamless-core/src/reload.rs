@@ -1,4 +1,4 @@
-//! Reloading the configuration, and `seamless reload`, which waits for the verdict.
+//! Reloading the configuration, and `NAME reload`, which waits for the verdict.
 //!
 //! In the service, [`Reloader::reload`] loads and validates a complete new configuration and
 //! swaps it in atomically: requests already running keep the generation they started with,
@@ -6,7 +6,7 @@
 //!
 //! `systemctl reload` on systemd 252 cannot learn whether a reload worked (no
 //! `Type=notify-reload` there, and none of any version can report failure). So after every
-//! attempt the service writes a [`Verdict`], and `ExecReload=seamless reload --pid $MAINPID`
+//! attempt the service writes a [`Verdict`], and `ExecReload=NAME reload --pid $MAINPID`
 //! ([`request`]) sends `SIGHUP` and waits for it: `systemctl reload` returns only once the new
 //! config is live, and fails, printing the error, when it is invalid.
 
@@ -17,11 +17,13 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use nix::sys::signal::Signal;
 
-use crate::config::{Config, Loader};
+use crate::app::App;
+use crate::config::{AppConfig as _, Loaded, Loader};
+use crate::generation::Generation;
+use crate::identity::Identity;
 use crate::logging;
-use crate::metrics::Metrics;
 use crate::notify::monotonic_usec;
-use crate::server::Live;
+use crate::routes::Shared;
 use crate::verdict::{RequestError, Verdict};
 
 /// Name of the verdict file inside the runtime directory.
@@ -47,35 +49,59 @@ pub enum Outcome {
 }
 
 /// Owns the live configuration and replaces it on request.
-#[derive(Debug)]
-pub struct Reloader {
+pub struct Reloader<A: App> {
     /// Where the configuration comes from.
     loader: Loader,
     /// What new requests are served with. Readers only ever `load()` it.
-    live: Arc<ArcSwap<Live>>,
-    /// Counters, for `seamless_reloads_total` and the generation.
-    metrics: Arc<Metrics>,
+    live: Arc<ArcSwap<Generation>>,
+    /// The application's configuration now serving, to compare a new one against.
+    app_config: A::Config,
+    /// The application's long-lived state, handed to every generation's router.
+    state: Arc<A::State>,
+    /// Metrics and the draining flag, shared with every connection.
+    shared: Arc<Shared>,
     /// Swaps the log filter; `None` when the caller manages logging itself (tests).
     log: Option<logging::Handle>,
-    /// Where verdicts are written for `seamless reload`; `None` outside systemd.
+    /// Where verdicts are written for `NAME reload`; `None` outside systemd.
     verdict_file: Option<PathBuf>,
     /// Whether listening addresses came from systemd (then `http.listen` never applies).
     socket_activated: bool,
 }
 
-impl Reloader {
-    /// A reloader serving `config` as generation 1.
-    pub fn new(loader: Loader, config: Config, log: Option<logging::Handle>) -> Self {
-        let metrics = Arc::new(Metrics::default());
-        metrics.set_generation(1);
-        let live = Arc::new(ArcSwap::from_pointee(Live::new(config, 1, metrics.clone())));
-        let verdict_file = crate::verdict::default_path(VERDICT_FILE);
+impl<A: App> std::fmt::Debug for Reloader<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloader")
+            .field("loader", &self.loader)
+            .field("generation", &self.live.load().number)
+            .field("app_config", &self.app_config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A: App> Reloader<A> {
+    /// A reloader serving `loaded` as generation 1, with the application's long-lived `state`.
+    pub fn new(
+        loader: Loader,
+        loaded: Loaded<A::Config>,
+        state: Arc<A::State>,
+        shared: Arc<Shared>,
+        log: Option<logging::Handle>,
+    ) -> Self {
+        shared.metrics.set_generation(1);
+        let router = A::router(&state, &loaded.app);
+        let live = Arc::new(ArcSwap::from_pointee(Generation::new(
+            loaded.service,
+            1,
+            router,
+        )));
         Reloader {
             loader,
             live,
-            metrics,
+            app_config: loaded.app,
+            state,
+            shared,
             log,
-            verdict_file,
+            verdict_file: crate::verdict::default_path(VERDICT_FILE),
             socket_activated: false,
         }
     }
@@ -94,13 +120,13 @@ impl Reloader {
     }
 
     /// The live configuration, shared with every connection.
-    pub fn live(&self) -> Arc<ArcSwap<Live>> {
+    pub fn live(&self) -> Arc<ArcSwap<Generation>> {
         self.live.clone()
     }
 
-    /// The counters shared with every connection.
-    pub fn metrics(&self) -> Arc<Metrics> {
-        self.metrics.clone()
+    /// Metrics and the draining flag, shared with every connection.
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
     }
 
     /// Loads, validates and applies the configuration; on failure keeps the old one.
@@ -108,39 +134,11 @@ impl Reloader {
         let started_usec = monotonic_usec().unwrap_or(0);
         let started = Instant::now();
         let current = self.live.load_full();
-        let outcome = match self.loader.load() {
-            Ok(config) => {
-                let generation = current.generation + 1;
-                let on_restart = self.restart_only_changes(&current.config, &config);
-                if current.config.log.level != config.log.level {
-                    if let Some(Err(error)) =
-                        self.log.as_ref().map(|h| h.set_level(&config.log.level))
-                    {
-                        tracing::warn!(%error, level = %config.log.level, "cannot apply log.level");
-                    }
-                }
-                self.live.store(Arc::new(Live::new(
-                    config,
-                    generation,
-                    self.metrics.clone(),
-                )));
-                self.metrics.reloaded(true, generation);
-                for key in &on_restart {
-                    tracing::warn!(key, generation, "changed setting takes effect on restart");
-                }
-                tracing::info!(
-                    generation,
-                    elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-                    "configuration reloaded"
-                );
-                Outcome::Applied {
-                    generation,
-                    on_restart,
-                }
-            }
+        let outcome = match self.loader.load::<A::Config>() {
+            Ok(loaded) => self.apply(loaded, &current, started),
             Err(error) => {
-                let generation = current.generation;
-                self.metrics.reloaded(false, generation);
+                let generation = current.number;
+                self.shared.metrics.reloaded(false, generation);
                 let error = error.to_string();
                 tracing::error!(%error, generation, "reload failed; keeping the running configuration");
                 Outcome::Failed { generation, error }
@@ -176,45 +174,91 @@ impl Reloader {
         outcome
     }
 
-    /// Keys whose new value cannot be applied to a running process.
-    fn restart_only_changes(&self, old: &Config, new: &Config) -> Vec<&'static str> {
-        let mut keys = Vec::new();
-        if old.http.listen != new.http.listen && !self.socket_activated {
-            keys.push("http.listen");
+    /// Swaps in a validated configuration as the next generation.
+    fn apply(
+        &mut self,
+        loaded: Loaded<A::Config>,
+        current: &Generation,
+        started: Instant,
+    ) -> Outcome {
+        let generation = current.number + 1;
+        let mut on_restart = Vec::new();
+        if current.config.http.listen != loaded.service.http.listen && !self.socket_activated {
+            on_restart.push("http.listen");
         }
-        keys
+        on_restart.extend(loaded.app.restart_only(&self.app_config));
+        let level = &loaded.service.log.level;
+        if current.config.log.level != *level {
+            if let Some(Err(error)) = self.log.as_ref().map(|h| h.set_level(level)) {
+                tracing::warn!(%error, %level, "cannot apply log.level");
+            }
+        }
+        let router = A::router(&self.state, &loaded.app);
+        self.live.store(Arc::new(Generation::new(
+            loaded.service,
+            generation,
+            router,
+        )));
+        self.app_config = loaded.app;
+        self.shared.metrics.reloaded(true, generation);
+        for key in &on_restart {
+            tracing::warn!(key, generation, "changed setting takes effect on restart");
+        }
+        tracing::info!(
+            generation,
+            elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            "configuration reloaded"
+        );
+        Outcome::Applied {
+            generation,
+            on_restart,
+        }
     }
 }
 
-/// `seamless reload`: sends `SIGHUP` to `pid` and waits for the verdict of a reload that
+/// `NAME reload`: sends `SIGHUP` to `pid` and waits for the verdict of a reload that
 /// started afterwards.
 pub fn request(
+    identity: &Identity,
     pid: i32,
     verdict_file: Option<PathBuf>,
     timeout: Duration,
 ) -> Result<Verdict, RequestError> {
-    crate::verdict::request(pid, Signal::SIGHUP, verdict_file, VERDICT_FILE, timeout)
+    let packaged = identity.runtime_dir();
+    crate::verdict::request(
+        pid,
+        Signal::SIGHUP,
+        verdict_file,
+        VERDICT_FILE,
+        &packaged,
+        timeout,
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Metrics;
+    use crate::test_app::{Routers, TestApp};
+    use std::sync::atomic::Ordering;
 
     #[test]
-    fn reload_swaps_or_keeps() {
+    fn reload_swaps_or_keeps_and_state_survives() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let file = dir.path().join("seamless.toml");
+        let file = dir.path().join("example.toml");
         std::fs::write(&file, "message = \"one\"\n").expect("write");
-        let loader = Loader::new(Some(file.clone()));
-        let config = loader.load().expect("valid");
+        let loader = Loader::new(&TestApp::IDENTITY, Some(file.clone()));
+        let loaded = loader.load().expect("valid");
         let verdict_path = dir.path().join(VERDICT_FILE);
-        let mut reloader =
-            Reloader::new(loader, config, None).with_verdict_file(Some(verdict_path.clone()));
+        let state = Arc::new(Routers::default());
+        let shared = Arc::new(Shared::new(&TestApp::IDENTITY, Metrics::new("example")));
+        let mut reloader = Reloader::<TestApp>::new(loader, loaded, state.clone(), shared, None)
+            .with_verdict_file(Some(verdict_path.clone()));
         let before = reloader.live().load_full();
 
         std::fs::write(
             &file,
-            "message = \"two\"\n[http]\nlisten = \"127.0.0.1:9\"\n",
+            "message = \"two\"\nsize = 5\n[http]\nlisten = \"127.0.0.1:9\"\n",
         )
         .expect("write");
         let outcome = reloader.reload();
@@ -222,26 +266,38 @@ mod tests {
             outcome,
             Outcome::Applied {
                 generation: 2,
-                on_restart: vec!["http.listen"]
+                on_restart: vec!["http.listen", "size"]
             }
         );
-        assert_eq!(reloader.live().load().config.message, "two");
+        assert_eq!(reloader.live().load().number, 2);
+        assert_eq!(before.number, 1, "holders of the old generation keep it");
+        assert_eq!(reloader.app_config.message, "two");
         assert_eq!(
-            before.config.message, "one",
-            "holders of the old generation keep it"
+            state.0.load(Ordering::Relaxed),
+            2,
+            "one state, a router per generation"
         );
-        assert!(Verdict::read(&verdict_path).expect("written").ok);
+        let verdict = Verdict::read(&verdict_path).expect("written");
+        assert!(verdict.ok);
+        assert!(
+            verdict
+                .message
+                .contains("takes effect on restart: http.listen, size"),
+            "{verdict:?}"
+        );
 
         std::fs::write(&file, "message = \n").expect("write");
         let Outcome::Failed { generation, error } = reloader.reload() else {
             panic!("a syntax error must fail the reload");
         };
         assert_eq!(generation, 2);
-        assert!(error.contains("seamless.toml"), "{error}");
+        assert!(error.contains("example.toml"), "{error}");
+        assert_eq!(reloader.live().load().number, 2, "old config still serves");
+        assert_eq!(reloader.app_config.message, "two");
         assert_eq!(
-            reloader.live().load().config.message,
-            "two",
-            "old config still serves"
+            state.0.load(Ordering::Relaxed),
+            2,
+            "no router for a refused config"
         );
         let verdict = Verdict::read(&verdict_path).expect("written");
         assert!(!verdict.ok);

@@ -1,8 +1,9 @@
-//! The server: accept loops, connections, reloads and the zero-drop drain.
+//! The server: accept loops, connections, reloads, upgrades and the zero-drop drain.
 //!
 //! [`run`] is the one entry point for every way the service starts — sockets from systemd,
 //! self-bound sockets, tests: the caller brings listeners and a stream of [`Request`]s and
-//! decides where they come from.
+//! decides where they come from. Inside, a `Service` turns each event into one method call:
+//! a reload, an upgrade started or finished, the hand-over to a successor, the drain.
 //!
 //! ## Why the drain drops nothing
 //!
@@ -12,8 +13,9 @@
 //!
 //! 1. accept loops stop and drop their listeners — under systemd the socket stays open in the
 //!    socket unit, so new connections wait in the kernel backlog for the next process;
-//! 2. every response from now on carries `Connection: close` (see `app`), so a busy HTTP/1
-//!    connection ends cleanly right after its next response, and the client knows not to reuse it;
+//! 2. every response from now on carries `Connection: close` (see `routes::finish`), so a busy
+//!    HTTP/1 connection ends cleanly right after its next response, and the client knows not to
+//!    reuse it — whatever the application's handlers set;
 //! 3. idle HTTP/1 connections keep reading for `shutdown.linger`, so a request already on its
 //!    way is answered rather than cut; only connections still idle after that are closed;
 //! 4. HTTP/2 connections get GOAWAY at once: the protocol tells clients which streams were
@@ -28,23 +30,21 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use axum::Router;
-use axum::http::{HeaderValue, Version};
+use axum::http::Version;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tower::ServiceExt;
 
-use crate::app::{self, Peer};
-use crate::config::Config;
+use crate::app::App;
 use crate::drain::{Drain, Watch};
+use crate::generation::Generation;
 use crate::listeners::{Listener, Named, serves_http};
-use crate::metrics::Metrics;
 use crate::notify::{self, Notifier};
 use crate::reload::{Outcome, Reloader};
+use crate::routes::{self, Shared};
 use crate::signals::Request;
 use crate::upgrade::{self, Successor, UpgradeError};
 use crate::verdict::Verdict;
@@ -60,47 +60,9 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// How long a connection over `http.max_connections` may take to read its `503`.
 const REJECT_LINGER: Duration = Duration::from_secs(1);
 
-/// One configuration generation, ready to serve: what a connection needs, swapped as a whole.
-#[derive(Debug)]
-pub struct Live {
-    /// The configuration.
-    pub config: Config,
-    /// Its generation: 1 at start, +1 per applied reload.
-    pub generation: u64,
-    /// The application built from it.
-    router: Router,
-    /// `x-config-generation` for every response.
-    generation_header: HeaderValue,
-    /// Shared counters (the same for every generation).
-    metrics: Arc<Metrics>,
-    /// Connection settings (timeouts, header limits) built from it.
-    builder: auto::Builder<TokioExecutor>,
-}
-
-impl Live {
-    /// Builds the application and connection settings for `config`.
-    pub fn new(config: Config, generation: u64, metrics: Arc<Metrics>) -> Self {
-        let router = app::router(&config, metrics.clone());
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(config.http.header_read_timeout)
-            .max_buf_size(config.http.max_header_bytes);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(config.http.max_header_bytes).unwrap_or(u32::MAX));
-        Live {
-            config,
-            generation,
-            router,
-            generation_header: HeaderValue::from(generation),
-            metrics,
-            builder,
-        }
-    }
-}
+/// Who is at the other end of a connection, for logs.
+#[derive(Debug, Clone)]
+struct Peer(Arc<str>);
 
 /// How [`run`] ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,7 +83,7 @@ pub enum Stopped {
 pub struct Upgrades {
     /// What to start on `SIGUSR2`.
     pub successor: Successor,
-    /// Where the outcome is written for `seamless upgrade`.
+    /// Where the outcome is written for `NAME upgrade`.
     pub verdict_file: Option<PathBuf>,
     /// When this process is itself a successor: the pipe to tell its parent it serves.
     pub parent: Option<upgrade::Parent>,
@@ -144,166 +106,305 @@ impl Upgrades {
 ///
 /// Sends `READY=1` once every listener is being served, `RELOADING=1`/`READY=1` around each
 /// reload, and `STOPPING=1` when the drain starts (or `MAINPID=` when a successor took over).
-pub async fn run(
+pub async fn run<A: App>(
     listeners: Vec<Named>,
-    mut reloader: Reloader,
+    reloader: Reloader<A>,
     mut requests: mpsc::Receiver<Request>,
-    mut upgrades: Upgrades,
+    upgrades: Upgrades,
 ) -> Stopped {
-    let notifier = Arc::new(Notifier::new());
-    let metrics = reloader.metrics();
-    let mut drain = Drain::new();
-    let mut serving = Vec::new();
-    // Copies of every listening socket, for a successor; the originals go to accept loops.
-    let mut inherit = Vec::new();
-    for Named { name, listener } in listeners {
-        match listener.as_fd().try_clone_to_owned() {
-            Ok(fd) => inherit.push((name.clone(), fd)),
-            Err(error) => tracing::warn!(%error, socket = %name, "cannot keep a copy for upgrades"),
-        }
-        if !serves_http(&name) {
-            tracing::warn!(socket = %name, address = %listener, "ignoring socket: only `http` is served");
-            continue;
-        }
-        tracing::info!(socket = %name, address = %listener, "listening");
-        serving.push(format!("{name} ({listener})"));
-        let watch = drain.watch();
-        let live = reloader.live();
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            if let Some(watch) = watch {
-                accept_loop(listener, live, metrics, watch).await;
-            }
-        });
-    }
-    let inherit: Arc<[(String, OwnedFd)]> = inherit.into();
-    let serving = serving.join(", ");
-    let watchdog = notify::watchdog_interval().map(|interval| {
-        tracing::info!(interval_ms = millis(interval), "watchdog enabled");
-        tokio::spawn(notify::watchdog(notifier.clone(), interval))
-    });
-    let generation = reloader.live().load().generation;
-    notifier.ready(&format!(
-        "serving on {serving}; config generation {generation}"
-    ));
-    tracing::info!(generation, pid = std::process::id(), "ready");
-    if let Some(parent) = upgrades.parent.take() {
-        parent.report_ready();
-        tracing::info!("took over from the previous process");
-    }
-
-    // Serve until asked to stop, reloading and upgrading on request.
+    let mut service = Service::start(listeners, reloader, upgrades);
     let mut deferred = None;
-    let mut upgrading: Option<JoinHandle<Result<i32, UpgradeError>>> = None;
-    let mut upgrade_started = 0;
-    let handed_over = loop {
-        let request = match deferred.take() {
-            Some(request) => Some(request),
-            None => tokio::select! {
-                request = requests.recv() => request,
-                finished = outcome(&mut upgrading) => {
-                    upgrading = None;
-                    match finished {
-                        Ok(pid) => break Some((pid, upgrade_started)),
-                        Err(error) => {
-                            tracing::error!(%error, "upgrade failed; serving on");
-                            let pid = std::process::id();
-                            let message = format!("upgrade failed, PID {pid} serves on: {error}");
-                            Verdict::new(upgrade_started, false, message)
-                                .publish(upgrades.verdict_file.as_deref());
-                            notifier.status(&format!("serving on {serving}; upgrade failed: {error}"));
-                            continue;
-                        }
-                    }
-                }
-            },
+    loop {
+        let event = match deferred.take() {
+            Some(request) => Event::Requested(Some(request)),
+            None => service.next_event(&mut requests).await,
         };
-        match request {
-            Some(Request::Reload) => {
-                deferred = reload(&mut reloader, &notifier, &serving, &mut requests);
-            }
+        match event {
+            Event::Requested(Some(Request::Reload)) => deferred = service.reload(&mut requests),
             #[cfg(feature = "stall-hook")]
-            Some(Request::Stall) => stall_runtime(),
-            Some(Request::Upgrade) if upgrading.is_some() => {
-                tracing::warn!("upgrade requested while one is in progress; ignored");
+            Event::Requested(Some(Request::Stall)) => stall_runtime(),
+            Event::Requested(Some(Request::Upgrade)) => service.start_upgrade(),
+            Event::Requested(Some(Request::Exit)) => return service.exit(),
+            Event::Requested(Some(Request::Drain) | None) => {
+                return service.drain(&mut requests).await;
             }
-            Some(Request::Upgrade) => {
-                upgrade_started = notify::monotonic_usec().unwrap_or(0);
-                let exe = upgrades.successor.exe().display().to_string();
-                tracing::info!(exe, "upgrade requested; starting the new binary");
-                Verdict::pending(
-                    upgrade_started,
-                    format!("an upgrade to {exe} is in progress"),
-                )
-                .publish(upgrades.verdict_file.as_deref());
-                let timeout = reloader.live().load().config.upgrade.ready_timeout;
-                let (successor, inherit) = (upgrades.successor.clone(), inherit.clone());
-                upgrading = Some(tokio::spawn(async move {
-                    successor.start(&inherit, timeout).await
-                }));
+            Event::UpgradeFinished(Ok(pid)) => {
+                return service.hand_over(pid, &mut requests).await;
             }
-            stop @ (Some(Request::Drain | Request::Exit) | None) => {
-                if let Some(task) = upgrading.take() {
-                    // Cancelling the start kills the successor: it must not outlive a stop.
-                    task.abort();
-                    tracing::warn!("upgrade cancelled by the stop request");
-                }
-                if stop == Some(Request::Exit) {
-                    let open = metrics.open_connections();
-                    tracing::warn!(open_connections = open, "exiting at once on request");
-                    return Stopped::Exited;
-                }
-                break None;
-            }
-        }
-    };
-
-    let deadline = reloader.live().load().config.shutdown.drain_timeout;
-    metrics.set_draining();
-    let open = metrics.open_connections();
-    match handed_over {
-        Some((pid, started)) => {
-            // From here on the successor speaks for the unit: no STOPPING=1, no STATUS, no
-            // watchdog pings from us.
-            if let Some(watchdog) = watchdog {
-                watchdog.abort();
-            }
-            notifier
-                .main_pid(pid, &format!("serving on {serving}; upgraded to PID {pid}"))
-                .await;
-            Verdict::new(
-                started,
-                true,
-                format!(
-                    "PID {pid} serves now; PID {} drains {open} connections",
-                    std::process::id()
-                ),
-            )
-            .publish(upgrades.verdict_file.as_deref());
-            tracing::info!(
-                successor = pid,
-                open_connections = open,
-                "handed over; draining"
-            );
-        }
-        None => {
-            notifier.stopping(&format!("draining {open} connections"));
-            notifier.extend_timeout(deadline.saturating_add(STOP_MARGIN));
-            tracing::info!(
-                open_connections = open,
-                deadline_ms = millis(deadline),
-                "draining"
-            );
+            Event::UpgradeFinished(Err(error)) => service.upgrade_failed(&error),
         }
     }
-    finish_drain(&mut drain, deadline, &metrics, &mut requests).await
+}
+
+/// What the serving process waits for.
+enum Event {
+    /// A request from a signal (or the caller); `None` when the request stream ended.
+    Requested(Option<Request>),
+    /// The upgrade under way ended: the successor's PID, or why it did not take over.
+    UpgradeFinished(Result<i32, UpgradeError>),
+}
+
+/// An upgrade under way.
+struct Upgrading {
+    /// Starts the successor and waits until it serves.
+    task: JoinHandle<Result<i32, UpgradeError>>,
+    /// When it was requested (`CLOCK_MONOTONIC` µs), matching the verdict to the request.
+    started_usec: u64,
+}
+
+/// The serving process between `READY=1` and the end of the drain.
+struct Service<A: App> {
+    /// The live configuration and how to replace it.
+    reloader: Reloader<A>,
+    /// Metrics and the draining flag.
+    shared: Arc<Shared>,
+    /// Talks to systemd.
+    notifier: Arc<Notifier>,
+    /// Tells accept loops and connections that the drain began; knows when they ended.
+    drain: Drain,
+    /// Copies of every listening socket, for a successor; the originals go to accept loops.
+    inherit: Arc<[(String, OwnedFd)]>,
+    /// `http (127.0.0.1:8080), …`, for `STATUS=`.
+    serving: String,
+    /// Pings systemd's watchdog, when it asked for that.
+    watchdog: Option<JoinHandle<()>>,
+    /// How upgrades are done and reported.
+    upgrades: Upgrades,
+    /// The upgrade under way, if any.
+    upgrading: Option<Upgrading>,
+}
+
+impl<A: App> Service<A> {
+    /// Starts an accept loop per listener, the watchdog, and tells systemd (and a parent
+    /// process after an upgrade) that the service is ready.
+    fn start(listeners: Vec<Named>, reloader: Reloader<A>, mut upgrades: Upgrades) -> Self {
+        let notifier = Arc::new(Notifier::new());
+        let shared = reloader.shared();
+        let drain = Drain::new();
+        let mut serving = Vec::new();
+        let mut inherit = Vec::new();
+        for Named { name, listener } in listeners {
+            match listener.as_fd().try_clone_to_owned() {
+                Ok(fd) => inherit.push((name.clone(), fd)),
+                Err(error) => {
+                    tracing::warn!(%error, socket = %name, "cannot keep a copy for upgrades");
+                }
+            }
+            if !serves_http(&name) {
+                tracing::warn!(socket = %name, address = %listener, "ignoring socket: only `http` is served");
+                continue;
+            }
+            tracing::info!(socket = %name, address = %listener, "listening");
+            serving.push(format!("{name} ({listener})"));
+            let (watch, live, shared) = (drain.watch(), reloader.live(), shared.clone());
+            tokio::spawn(async move {
+                if let Some(watch) = watch {
+                    accept_loop(listener, live, shared, watch).await;
+                }
+            });
+        }
+        let serving = serving.join(", ");
+        let watchdog = notify::watchdog_interval().map(|interval| {
+            tracing::info!(interval_ms = millis(interval), "watchdog enabled");
+            tokio::spawn(notify::watchdog(notifier.clone(), interval))
+        });
+        let generation = reloader.live().load().number;
+        notifier.ready(&format!(
+            "serving on {serving}; config generation {generation}"
+        ));
+        tracing::info!(generation, pid = std::process::id(), "ready");
+        if let Some(parent) = upgrades.parent.take() {
+            parent.report_ready();
+            tracing::info!("took over from the previous process");
+        }
+        Service {
+            reloader,
+            shared,
+            notifier,
+            drain,
+            inherit: inherit.into(),
+            serving,
+            watchdog,
+            upgrades,
+            upgrading: None,
+        }
+    }
+
+    /// The next request, or the end of the upgrade under way.
+    async fn next_event(&mut self, requests: &mut mpsc::Receiver<Request>) -> Event {
+        let upgrade_finished = async {
+            match &mut self.upgrading {
+                Some(upgrading) => (&mut upgrading.task)
+                    .await
+                    .unwrap_or_else(|e| Err(UpgradeError::Aborted(e.to_string()))),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            request = requests.recv() => Event::Requested(request),
+            finished = upgrade_finished => Event::UpgradeFinished(finished),
+        }
+    }
+
+    /// Carries out one reload, then one more if more were requested meanwhile (any number of
+    /// `SIGHUP`s during a reload coalesce into one). Returns a non-reload request it came
+    /// across, for the caller to handle next.
+    fn reload(&mut self, requests: &mut mpsc::Receiver<Request>) -> Option<Request> {
+        let serving = &self.serving;
+        let mut deferred = None;
+        loop {
+            self.notifier.reloading();
+            let status = match self.reloader.reload() {
+                Outcome::Applied {
+                    generation,
+                    on_restart,
+                } if on_restart.is_empty() => {
+                    format!("serving on {serving}; config generation {generation}")
+                }
+                Outcome::Applied {
+                    generation,
+                    on_restart,
+                } => format!(
+                    "serving on {serving}; config generation {generation}; takes effect on restart: {}",
+                    on_restart.join(", ")
+                ),
+                Outcome::Failed { generation, error } => format!(
+                    "serving on {serving}; config generation {generation}; reload failed: {error}"
+                ),
+            };
+            // READY=1 ends the reload in systemd's eyes, also after a failure.
+            self.notifier.ready(&status);
+
+            // A reload requested before another request is still carried out first: the
+            // operator's `NAME reload` waits for it.
+            let mut again = false;
+            while deferred.is_none() {
+                match requests.try_recv() {
+                    Ok(Request::Reload) => again = true,
+                    Ok(other) => deferred = Some(other),
+                    Err(_) => break,
+                }
+            }
+            if !again {
+                return deferred;
+            }
+        }
+    }
+
+    /// Starts the installed binary as a successor, handing it copies of the listeners.
+    fn start_upgrade(&mut self) {
+        if self.upgrading.is_some() {
+            tracing::warn!("upgrade requested while one is in progress; ignored");
+            return;
+        }
+        let started_usec = notify::monotonic_usec().unwrap_or(0);
+        let exe = self.upgrades.successor.exe().display().to_string();
+        tracing::info!(exe, "upgrade requested; starting the new binary");
+        Verdict::pending(started_usec, format!("an upgrade to {exe} is in progress"))
+            .publish(self.upgrades.verdict_file.as_deref());
+        let timeout = self.reloader.live().load().config.upgrade.ready_timeout;
+        let (successor, inherit) = (self.upgrades.successor.clone(), self.inherit.clone());
+        let task = tokio::spawn(async move { successor.start(&inherit, timeout).await });
+        self.upgrading = Some(Upgrading { task, started_usec });
+    }
+
+    /// The successor did not take over: report why and serve on.
+    fn upgrade_failed(&mut self, error: &UpgradeError) {
+        let started_usec = self.upgrading.take().map_or(0, |u| u.started_usec);
+        tracing::error!(%error, "upgrade failed; serving on");
+        let pid = std::process::id();
+        Verdict::new(
+            started_usec,
+            false,
+            format!("upgrade failed, PID {pid} serves on: {error}"),
+        )
+        .publish(self.upgrades.verdict_file.as_deref());
+        self.notifier.status(&format!(
+            "serving on {}; upgrade failed: {error}",
+            self.serving
+        ));
+    }
+
+    /// Exits at once, cutting open connections.
+    fn exit(mut self) -> Stopped {
+        self.cancel_upgrade();
+        let open = self.shared.metrics.open_connections();
+        tracing::warn!(open_connections = open, "exiting at once on request");
+        Stopped::Exited
+    }
+
+    /// The successor `pid` serves: make it the unit's main process, then drain.
+    async fn hand_over(mut self, pid: i32, requests: &mut mpsc::Receiver<Request>) -> Stopped {
+        let started_usec = self.upgrading.take().map_or(0, |u| u.started_usec);
+        self.shared.set_draining();
+        let open = self.shared.metrics.open_connections();
+        // From here on the successor speaks for the unit: no STOPPING=1, no STATUS, no
+        // watchdog pings from us.
+        if let Some(watchdog) = self.watchdog.take() {
+            watchdog.abort();
+        }
+        self.notifier
+            .main_pid(
+                pid,
+                &format!("serving on {}; upgraded to PID {pid}", self.serving),
+            )
+            .await;
+        Verdict::new(
+            started_usec,
+            true,
+            format!(
+                "PID {pid} serves now; PID {} drains {open} connections",
+                std::process::id()
+            ),
+        )
+        .publish(self.upgrades.verdict_file.as_deref());
+        tracing::info!(
+            successor = pid,
+            open_connections = open,
+            "handed over; draining"
+        );
+        self.finish_drain(requests).await
+    }
+
+    /// Stops accepting and drains, telling systemd how long it may take.
+    async fn drain(mut self, requests: &mut mpsc::Receiver<Request>) -> Stopped {
+        self.cancel_upgrade();
+        self.shared.set_draining();
+        let open = self.shared.metrics.open_connections();
+        let deadline = self.reloader.live().load().config.shutdown.drain_timeout;
+        self.notifier
+            .stopping(&format!("draining {open} connections"));
+        self.notifier
+            .extend_timeout(deadline.saturating_add(STOP_MARGIN));
+        tracing::info!(
+            open_connections = open,
+            deadline_ms = millis(deadline),
+            "draining"
+        );
+        self.finish_drain(requests).await
+    }
+
+    /// A stop during an upgrade kills the starting successor: it must not outlive the stop.
+    fn cancel_upgrade(&mut self) {
+        if let Some(upgrading) = self.upgrading.take() {
+            upgrading.task.abort();
+            tracing::warn!("upgrade cancelled by the stop request");
+        }
+    }
+
+    /// Waits for every connection to finish, at most `shutdown.drain_timeout`, or until an
+    /// exit is requested.
+    async fn finish_drain(mut self, requests: &mut mpsc::Receiver<Request>) -> Stopped {
+        let deadline = self.reloader.live().load().config.shutdown.drain_timeout;
+        finish_drain(&mut self.drain, deadline, &self.shared, requests).await
+    }
 }
 
 /// Waits for every connection to finish, at most `deadline`, or until an exit is requested.
 async fn finish_drain(
     drain: &mut Drain,
     deadline: Duration,
-    metrics: &Metrics,
+    shared: &Shared,
     requests: &mut mpsc::Receiver<Request>,
 ) -> Stopped {
     let started = tokio::time::Instant::now();
@@ -322,27 +423,15 @@ async fn finish_drain(
                 Stopped::Drained
             }
             Err(_) => {
-                let cut = metrics.open_connections();
+                let cut = shared.metrics.open_connections();
                 tracing::warn!(open_connections = cut, "drain deadline reached; closing the remaining connections");
                 Stopped::DeadlineReached { cut }
             }
         },
         () = exit_requested => {
-            tracing::warn!(open_connections = metrics.open_connections(), "exiting at once on request during the drain");
+            tracing::warn!(open_connections = shared.metrics.open_connections(), "exiting at once on request during the drain");
             Stopped::Exited
         }
-    }
-}
-
-/// The outcome of the upgrade under way; never resolves when there is none.
-async fn outcome(
-    upgrading: &mut Option<JoinHandle<Result<i32, UpgradeError>>>,
-) -> Result<i32, UpgradeError> {
-    match upgrading {
-        Some(task) => task
-            .await
-            .unwrap_or_else(|e| Err(UpgradeError::Aborted(e.to_string()))),
-        None => std::future::pending().await,
     }
 }
 
@@ -363,57 +452,11 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Carries out one reload, then one more if more were requested meanwhile (any number of
-/// `SIGHUP`s during a reload coalesce into one). Returns a non-reload request it came across.
-fn reload(
-    reloader: &mut Reloader,
-    notifier: &Notifier,
-    serving: &str,
-    requests: &mut mpsc::Receiver<Request>,
-) -> Option<Request> {
-    loop {
-        notifier.reloading();
-        let status = match reloader.reload() {
-            Outcome::Applied {
-                generation,
-                on_restart,
-            } if on_restart.is_empty() => {
-                format!("serving on {serving}; config generation {generation}")
-            }
-            Outcome::Applied {
-                generation,
-                on_restart,
-            } => format!(
-                "serving on {serving}; config generation {generation}; takes effect on restart: {}",
-                on_restart.join(", ")
-            ),
-            Outcome::Failed { generation, error } => {
-                format!(
-                    "serving on {serving}; config generation {generation}; reload failed: {error}"
-                )
-            }
-        };
-        // READY=1 ends the reload in systemd's eyes, also after a failure.
-        notifier.ready(&status);
-
-        let mut again = false;
-        while let Ok(request) = requests.try_recv() {
-            match request {
-                Request::Reload => again = true,
-                other => return Some(other),
-            }
-        }
-        if !again {
-            return None;
-        }
-    }
-}
-
 /// Accepts connections until the drain starts, then drops the listener.
 async fn accept_loop(
     listener: Listener,
-    live: Arc<ArcSwap<Live>>,
-    metrics: Arc<Metrics>,
+    live: Arc<ArcSwap<Generation>>,
+    shared: Arc<Shared>,
     mut watch: Watch,
 ) {
     loop {
@@ -431,8 +474,8 @@ async fn accept_loop(
             }
         };
         let limit = live.load().config.http.max_connections;
-        if metrics.open_connections() >= limit {
-            metrics.rejected();
+        if shared.metrics.open_connections() >= limit {
+            shared.metrics.rejected();
             tracing::debug!(
                 peer = &*peer.0,
                 limit,
@@ -441,11 +484,11 @@ async fn accept_loop(
             tokio::spawn(reject(io));
             continue;
         }
-        metrics.connection_opened();
-        let (live, metrics, watch) = (live.clone(), metrics.clone(), watch.clone());
+        shared.metrics.connection_opened();
+        let (live, shared, watch) = (live.clone(), shared.clone(), watch.clone());
         tokio::spawn(async move {
-            serve(io, peer, live, watch).await;
-            metrics.connection_closed();
+            serve(io, peer, live, shared.clone(), watch).await;
+            shared.metrics.connection_closed();
         });
     }
 }
@@ -472,15 +515,26 @@ async fn accept(listener: &Listener) -> std::io::Result<(Stream, Peer)> {
 }
 
 /// Serves one connection until it ends, the drain closes it, or the process exits.
-async fn serve(io: Stream, peer: Peer, live: Arc<ArcSwap<Live>>, watch: Watch) {
+async fn serve(
+    io: Stream,
+    peer: Peer,
+    live: Arc<ArcSwap<Generation>>,
+    shared: Arc<Shared>,
+    watch: Watch,
+) {
     match io {
-        Stream::Tcp(io) => serve_io(io, peer, live, watch).await,
-        Stream::Unix(io) => serve_io(io, peer, live, watch).await,
+        Stream::Tcp(io) => serve_io(io, peer, live, shared, watch).await,
+        Stream::Unix(io) => serve_io(io, peer, live, shared, watch).await,
     }
 }
 
-async fn serve_io<I>(io: I, peer: Peer, live: Arc<ArcSwap<Live>>, mut watch: Watch)
-where
+async fn serve_io<I>(
+    io: I,
+    peer: Peer,
+    live: Arc<ArcSwap<Generation>>,
+    shared: Arc<Shared>,
+    mut watch: Watch,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // Connection settings come from the generation current at accept time; each request
@@ -503,14 +557,16 @@ where
                 let path = request.uri().path().to_owned();
                 (Instant::now(), request.method().clone(), path, peer.clone())
             });
+            let shared = shared.clone();
             async move {
-                let Ok(mut response) = current.router.clone().oneshot(request).await;
-                app::finish(
-                    &mut response,
-                    version,
-                    &current.metrics,
-                    &current.generation_header,
-                );
+                let mut response = match routes::builtin(&request, &shared) {
+                    Some(response) => response,
+                    None => {
+                        let Ok(response) = current.router.clone().oneshot(request).await;
+                        response
+                    }
+                };
+                routes::finish(&mut response, version, &shared, &current.header);
                 if let Some((started, method, path, peer)) = logged {
                     tracing::debug!(
                         peer = &*peer.0,

@@ -2,7 +2,7 @@
 //! socket, and drain only once it serves.
 //!
 //! `systemctl restart` keeps the socket but leaves a gap in which nobody accepts; an upgrade has
-//! no gap. On `SIGUSR2` (or `seamless upgrade`) the running process:
+//! no gap. On `SIGUSR2` (or `NAME upgrade`) the running process:
 //!
 //! 1. starts the file at its install path — the new binary a package just put there, not the
 //!    deleted inode it runs from — with the same arguments, passing every listening socket the
@@ -41,7 +41,7 @@ pub const READY_FD: &str = "SEAMLESS_UPGRADE_READY_FD";
 const WATCHDOG_PID: &str = "WATCHDOG_PID";
 /// Width of the `LISTEN_PID` value, filled in after `fork` without allocating.
 const PID_DIGITS: usize = 10;
-/// Verdict file name in `$RUNTIME_DIRECTORY`, read by `seamless upgrade`.
+/// Verdict file name in `$RUNTIME_DIRECTORY`, read by `NAME upgrade`.
 pub const VERDICT_FILE: &str = "upgrade-verdict";
 
 /// Why a successor did not take over.
@@ -75,7 +75,7 @@ pub enum UpgradeError {
         reason: String,
     },
     /// The successor ended before it was ready without saying why (it crashed, or is not
-    /// seamless at all).
+    /// this service at all).
     #[error("the new process (PID {pid}) exited before it was ready")]
     Exited {
         /// Its PID.
@@ -434,7 +434,7 @@ fn fd_number(n: usize) -> RawFd {
 }
 
 /// The path this binary was started from. After a package replaced the file,
-/// `/proc/self/exe` reads `/usr/bin/seamless (deleted)`: the path is what we want, the deleted
+/// `/proc/self/exe` reads `/usr/bin/NAME (deleted)`: the path is what we want, the deleted
 /// inode is exactly what we must not run.
 pub fn install_path() -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
@@ -477,20 +477,29 @@ impl Parent {
         let _ = std::io::Write::write_all(&mut self.0, b"ready\n");
     }
 
-    /// Tells the parent why we could not start (it reports this to `seamless upgrade`).
+    /// Tells the parent why we could not start (it reports this to `NAME upgrade`).
     pub fn report_failure(mut self, reason: &str) {
         let line = format!("error {}\n", reason.replace('\n', " "));
         let _ = std::io::Write::write_all(&mut self.0, line.as_bytes());
     }
 }
 
-/// `seamless upgrade`: sends `SIGUSR2` and waits for the outcome.
+/// `NAME upgrade`: sends `SIGUSR2` and waits for the outcome.
 pub fn request(
+    identity: &crate::Identity,
     pid: i32,
     verdict_file: Option<PathBuf>,
     timeout: Duration,
 ) -> Result<crate::verdict::Verdict, crate::verdict::RequestError> {
-    crate::verdict::request(pid, Signal::SIGUSR2, verdict_file, VERDICT_FILE, timeout)
+    let packaged = identity.runtime_dir();
+    crate::verdict::request(
+        pid,
+        Signal::SIGUSR2,
+        verdict_file,
+        VERDICT_FILE,
+        &packaged,
+        timeout,
+    )
 }
 
 #[cfg(test)]

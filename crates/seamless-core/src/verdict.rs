@@ -98,10 +98,6 @@ impl Verdict {
     }
 }
 
-/// Where the packaged unit's `RuntimeDirectory=seamless` lives: what an operator's shell
-/// (without `$RUNTIME_DIRECTORY`) means when it asks the service something.
-pub const PACKAGED_RUNTIME_DIRECTORY: &str = "/run/seamless";
-
 /// `$RUNTIME_DIRECTORY/NAME`, when systemd (or the operator) set the variable.
 pub fn default_path(name: &str) -> Option<PathBuf> {
     std::env::var_os(RUNTIME_DIRECTORY).map(|dir| Path::new(&dir).join(name))
@@ -145,18 +141,20 @@ pub enum RequestError {
 const STALE_PENDING: Duration = Duration::from_secs(600);
 
 /// Sends `signal` to `pid` and waits for the verdict in `path` (default
-/// `$RUNTIME_DIRECTORY/default_name`, else `/run/seamless/default_name`) of an attempt that
-/// started afterwards.
+/// `$RUNTIME_DIRECTORY/default_name`, else `packaged_dir/default_name`, where `packaged_dir`
+/// is the packaged unit's `RuntimeDirectory=`: what an operator's shell, without
+/// `$RUNTIME_DIRECTORY`, means) of an attempt that started afterwards.
 pub fn request(
     pid: i32,
     signal: Signal,
     path: Option<PathBuf>,
     default_name: &str,
+    packaged_dir: &str,
     timeout: Duration,
 ) -> Result<Verdict, RequestError> {
     let path = path
         .or_else(|| default_path(default_name))
-        .unwrap_or_else(|| Path::new(PACKAGED_RUNTIME_DIRECTORY).join(default_name));
+        .unwrap_or_else(|| Path::new(packaged_dir).join(default_name));
     if !path.parent().is_some_and(Path::is_dir) {
         return Err(RequestError::NoRuntimeDirectory(path));
     }

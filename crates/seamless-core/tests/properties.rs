@@ -13,11 +13,45 @@ use std::path::Path;
 
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
-use seamless_core::Config;
-use seamless_core::config::Loader;
 use seamless_core::listeners::{
     ActivationEnv, LISTEN_FDNAMES, LISTEN_FDS, LISTEN_FDS_START, LISTEN_PID, ListenerError,
 };
+use seamless_core::{AppConfig, Identity, Loaded, Loader};
+use serde::{Deserialize, Serialize};
+
+/// The name the files below are looked up by.
+const EXAMPLE: Identity = Identity {
+    name: "example",
+    version: "1.0.0",
+    description: "",
+};
+
+/// An application's keys, as a typical application has them: a top-level key and a section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+struct Settings {
+    message: String,
+    demo: Demo,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Demo {
+    slow_endpoint: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            message: "hello\n".into(),
+            demo: Demo::default(),
+        }
+    }
+}
+
+impl AppConfig for Settings {}
+
+type Both = Loaded<Settings>;
 
 /// Mirrors the private limit in `src/listeners.rs`: more passed fds is certainly garbage.
 const MAX_LISTEN_FDS: usize = 1024;
@@ -222,7 +256,7 @@ fn value() -> impl Strategy<Value = String> {
         1 => any_of(&["99999999999999999999", "1e3", "nan", "inf", "-0", "0x10", "1_000"]),
         1 => any::<bool>().prop_map(|b| b.to_string()),
         1 => any_of(&["\"127.0.0.1:0\"", "\"[::1]:8080\"", "\"localhost\"", "\"0.0.0.0:99999\""]),
-        1 => any_of(&["\"info\"", "\"seamless=debug,info\"", "\"info,[[[\"", "\"\""]),
+        1 => any_of(&["\"info\"", "\"example=debug,info\"", "\"info,[[[\"", "\"\""]),
         2 => any::<String>().prop_map(quoted),
         1 => any_of(&["[]", "[1, \"a\"]", "{ a = 1 }", "{}", "1979-05-27T07:32:00Z"]),
         1 => "[^\n]{0,12}",
@@ -270,91 +304,79 @@ fn bool_value() -> impl Strategy<Value = String> {
     prop_oneof![4 => any::<bool>().prop_map(|b| b.to_string()), 1 => value()]
 }
 
-/// A section name (empty for the top level) and its keys, each with a value or left out.
-type Section = (&'static str, Vec<(&'static str, Option<String>)>);
+/// What kind of value a key takes, to generate mostly plausible ones.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Message,
+    Level,
+    Address,
+    Count,
+    Duration,
+    Bool,
+}
 
-/// Each known key with probability 0.4, with a value that is usually of the right kind: a
-/// configuration that is well-formed TOML with the real keys, so validation gets exercised.
-fn known_keys() -> impl Strategy<Value = String> {
-    let some = |s: BoxedStrategy<String>| proptest::option::weighted(0.4, s);
-    (
-        some(string_value(&["hello", "", "line\nbreak", "\u{0}"]).boxed()),
-        some(
-            string_value(&[
+impl Kind {
+    fn values(self) -> BoxedStrategy<String> {
+        match self {
+            Kind::Message => string_value(&["hello", "", "line\nbreak", "\u{0}"]).boxed(),
+            Kind::Level => string_value(&[
                 "info",
                 "debug",
-                "seamless=debug,info",
+                "example=debug,info",
                 "warn,hyper=off",
                 "info,[[[",
             ])
             .boxed(),
-        ),
-        some(string_value(&["127.0.0.1:0", "[::1]:8080", "0.0.0.0:80", "localhost:80"]).boxed()),
-        some(count_value().boxed()),
-        some(duration_value().boxed()),
-        some(duration_value().boxed()),
-        some(count_value().boxed()),
-        some(count_value().boxed()),
-        some(duration_value().boxed()),
-        some(duration_value().boxed()),
-        some(duration_value().boxed()),
-        some(bool_value().boxed()),
-    )
-        .prop_map(
-            |(
-                message,
-                level,
-                listen,
-                max_conn,
-                header,
-                request,
-                head,
-                body,
-                drain,
-                linger,
-                ready,
-                slow,
-            )| {
-                let sections: [Section; 6] = [
-                    ("", vec![("message", message)]),
-                    ("log", vec![("level", level)]),
-                    (
-                        "http",
-                        vec![
-                            ("listen", listen),
-                            ("max_connections", max_conn),
-                            ("header_read_timeout", header),
-                            ("request_timeout", request),
-                            ("max_header_bytes", head),
-                            ("max_body_bytes", body),
-                        ],
-                    ),
-                    (
-                        "shutdown",
-                        vec![("drain_timeout", drain), ("linger", linger)],
-                    ),
-                    ("upgrade", vec![("ready_timeout", ready)]),
-                    ("demo", vec![("slow_endpoint", slow)]),
-                ];
-                let mut text = String::new();
-                for (section, keys) in sections {
-                    let keys: Vec<_> = keys
-                        .into_iter()
-                        .filter_map(|(k, v)| Some((k, v?)))
-                        .collect();
-                    if keys.is_empty() {
-                        continue;
-                    }
-                    if !section.is_empty() {
-                        text.push_str(&format!("[{section}]\n"));
-                    }
-                    for (key, value) in keys {
-                        text.push_str(&format!("{key} = {value}\n"));
-                    }
-                }
-                text
-            },
-        )
+            Kind::Address => {
+                string_value(&["127.0.0.1:0", "[::1]:8080", "0.0.0.0:80", "localhost:80"]).boxed()
+            }
+            Kind::Count => count_value().boxed(),
+            Kind::Duration => duration_value().boxed(),
+            Kind::Bool => bool_value().boxed(),
+        }
+    }
+}
+
+/// Every known key: its section (empty for the top level), name and kind. A new key is one
+/// more row.
+const KEYS: &[(&str, &str, Kind)] = &[
+    ("", "message", Kind::Message),
+    ("log", "level", Kind::Level),
+    ("http", "listen", Kind::Address),
+    ("http", "max_connections", Kind::Count),
+    ("http", "header_read_timeout", Kind::Duration),
+    ("http", "request_timeout", Kind::Duration),
+    ("http", "max_header_bytes", Kind::Count),
+    ("http", "max_body_bytes", Kind::Count),
+    ("shutdown", "drain_timeout", Kind::Duration),
+    ("shutdown", "linger", Kind::Duration),
+    ("upgrade", "ready_timeout", Kind::Duration),
+    ("demo", "slow_endpoint", Kind::Bool),
+];
+
+/// Each known key with probability 0.4, with a value that is usually of the right kind: a
+/// configuration that is well-formed TOML with the real keys, so validation gets exercised.
+fn known_keys() -> impl Strategy<Value = String> {
+    let values: Vec<_> = KEYS
+        .iter()
+        .map(|(_, _, kind)| proptest::option::weighted(0.4, kind.values()))
+        .collect();
+    values.prop_map(|values| {
+        let mut text = String::new();
+        // Top-level keys first: after a `[section]` header they would belong to it.
+        let mut current = "";
+        let mut rows: Vec<_> = KEYS.iter().zip(values).collect();
+        rows.sort_by_key(|((section, _, _), _)| !section.is_empty());
+        for ((section, key, _), value) in rows {
+            let Some(value) = value else { continue };
+            if *section != current {
+                text.push_str(&format!("[{section}]\n"));
+                current = section;
+            }
+            text.push_str(&format!("{key} = {value}\n"));
+        }
+        text
+    })
 }
 
 /// Mostly the real keys with plausible values, else a soup of TOML-ish lines, arbitrary text,
@@ -371,15 +393,18 @@ fn file_content() -> impl Strategy<Value = Vec<u8>> {
 /// One case: the error names the file at fault, on one line; or the configuration is valid and
 /// loads again, unchanged, from its own serialisation.
 fn check_load(loader: &Loader, at_fault: &Path) -> Result<(), TestCaseError> {
-    match loader.load() {
+    match loader.load::<Settings>() {
         Ok(config) => {
             check_invariants(&config)?;
-            let text = toml::to_string(&config)
+            let service = toml::to_string(&config.service);
+            let app = toml::to_string(&config.app);
+            let text = service
+                .and_then(|service| Ok(format!("{}\n{service}", app?)))
                 .map_err(|e| TestCaseError::fail(format!("{config:?} does not serialise: {e}")))?;
             let dir = tempfile::tempdir().expect("tempdir");
-            let again = dir.path().join("seamless.toml");
+            let again = dir.path().join("example.toml");
             std::fs::write(&again, &text).expect("write");
-            match Loader::new(Some(again)).load() {
+            match Loader::new(&EXAMPLE, Some(again)).load::<Settings>() {
                 Ok(reloaded) => prop_assert_eq!(reloaded, config, "from:\n{}", text),
                 Err(e) => prop_assert!(false, "own serialisation refused: {}\n{}", e, text),
             }
@@ -400,7 +425,11 @@ fn check_load(loader: &Loader, at_fault: &Path) -> Result<(), TestCaseError> {
 }
 
 /// What `Config::validate` promises about any configuration it lets through.
-fn check_invariants(config: &Config) -> Result<(), TestCaseError> {
+fn check_invariants(
+    Loaded {
+        service: config, ..
+    }: &Both,
+) -> Result<(), TestCaseError> {
     prop_assert!(config.http.max_connections > 0);
     prop_assert!(config.http.max_header_bytes >= 8192);
     prop_assert!(!config.http.header_read_timeout.is_zero());
@@ -423,20 +452,20 @@ proptest! {
     #[test]
     fn main_file_loads_round_trips_or_names_itself(content in file_content()) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let main = dir.path().join("seamless.toml");
+        let main = dir.path().join("example.toml");
         std::fs::write(&main, &content).expect("write");
-        check_load(&Loader::new(Some(main.clone())), &main)?;
+        check_load(&Loader::new(&EXAMPLE, Some(main.clone())), &main)?;
     }
 
     #[test]
     fn drop_in_loads_round_trips_or_names_itself(content in file_content()) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let main = dir.path().join("seamless.toml");
+        let main = dir.path().join("example.toml");
         std::fs::write(&main, "").expect("write");
-        std::fs::create_dir(dir.path().join("seamless.d")).expect("mkdir");
-        let drop_in = dir.path().join("seamless.d").join("50-case.toml");
+        std::fs::create_dir(dir.path().join("example.d")).expect("mkdir");
+        let drop_in = dir.path().join("example.d").join("50-case.toml");
         std::fs::write(&drop_in, &content).expect("write");
-        check_load(&Loader::new(Some(main)), &drop_in)?;
+        check_load(&Loader::new(&EXAMPLE, Some(main)), &drop_in)?;
     }
 }
 
@@ -445,10 +474,10 @@ proptest! {
 #[test]
 fn regression_drain_timeout_below_the_default_linger_names_the_file() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let main = dir.path().join("seamless.toml");
+    let main = dir.path().join("example.toml");
     std::fs::write(&main, "[shutdown]\ndrain_timeout = \"1ms\"\n").expect("write");
-    let error = Loader::new(Some(main.clone()))
-        .load()
+    let error = Loader::new(&EXAMPLE, Some(main.clone()))
+        .load::<Settings>()
         .expect_err("linger (1s by default) exceeds the drain timeout");
     let message = error.to_string();
     assert!(message.contains(&main.display().to_string()), "{message}");
