@@ -309,30 +309,38 @@ async fn the_operating_system_reason_is_given_once() {
     assert_eq!(stderr.matches("os error").count(), 1, "{stderr}");
 }
 
-/// Whether permission bits are enforced for this process: not for root (`CAP_DAC_OVERRIDE`).
-fn permissions_enforced(probe: &Path) -> bool {
-    std::fs::File::open(probe).is_err() && std::fs::read_dir(probe).is_err()
+/// Asserts that the user the service runs as may not read `path`: otherwise the case would
+/// prove nothing, and must say so rather than pass.
+fn assert_refused_to_the_service(systemd: &Systemd, path: &Path) {
+    let mut probe = Command::new("/bin/sh");
+    probe
+        .arg("-c")
+        .arg(r#"test -r "$0""#)
+        .arg(path)
+        .stdin(Stdio::null());
+    let readable = systemd
+        .as_service_user(&mut probe)
+        .status()
+        .expect("run the probe")
+        .success();
+    assert!(
+        !readable,
+        "{} is readable despite mode 000: the service user ({:?}) is not subject to permission bits",
+        path.display(),
+        systemd.credentials
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreadable_configuration_at_start_is_one_line_and_exit_78() {
     use std::os::unix::fs::PermissionsExt;
-    let probe = tempfile::tempdir().expect("tempdir");
-    std::fs::set_permissions(probe.path(), std::fs::Permissions::from_mode(0o000)).expect("chmod");
-    let enforced = permissions_enforced(probe.path());
-    std::fs::set_permissions(probe.path(), std::fs::Permissions::from_mode(0o700)).expect("chmod");
-    if !enforced {
-        // The directory-in-the-way cases of the previous test cover the same error path.
-        eprintln!("note: skipping chmod 000 cases: this process can read unreadable files (root?)");
-        return;
-    }
-
-    let systemd = Systemd::new();
+    let systemd = Systemd::unprivileged();
     std::fs::set_permissions(
         systemd.config_path(),
         std::fs::Permissions::from_mode(0o000),
     )
     .expect("chmod");
+    assert_refused_to_the_service(&systemd, &systemd.config_path());
     let file = systemd.config_path().display().to_string();
     assert_fails_at_start(
         "unreadable main file",
@@ -341,20 +349,20 @@ async fn unreadable_configuration_at_start_is_one_line_and_exit_78() {
         &[&file, "ermission denied"],
     );
 
-    let systemd = Systemd::new();
+    let systemd = Systemd::unprivileged();
     let drop_ins = systemd.dir.path().join("seamless.d");
     std::fs::create_dir(&drop_ins).expect("mkdir");
     std::fs::set_permissions(&drop_ins, std::fs::Permissions::from_mode(0o000)).expect("chmod");
-    let service = systemd.start();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        assert_refused_to_the_service(&systemd, &drop_ins);
         assert_fails_at_start(
             "unreadable drop-in directory",
-            service,
+            systemd.start(),
             EXIT_CONFIG,
             &["seamless.d", "ermission denied"],
         );
     }));
-    // Let the temporary directory be removed.
+    // Let the temporary directory be removed (by a test that does not run as root).
     std::fs::set_permissions(&drop_ins, std::fs::Permissions::from_mode(0o700)).expect("chmod");
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
