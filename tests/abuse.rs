@@ -297,15 +297,19 @@ async fn slowloris_cannot_hold_connection_slots_past_the_header_read_timeout() {
     assert_no_panic(&service);
 }
 
-/// The soft `RLIMIT_NOFILE` of this process, which the service inherits.
-fn open_files_limit() -> Option<u64> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    let soft = line.split_whitespace().nth(3)?;
-    if soft == "unlimited" {
-        return Some(u64::MAX);
+/// Raises this process's soft `RLIMIT_NOFILE`, which the service inherits, to `needed` (up to
+/// the hard limit, which an unprivileged process may not exceed). Fails if even that is too low.
+fn raise_open_files_limit(needed: u64) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit RLIMIT_NOFILE");
+    assert!(
+        hard >= needed,
+        "this test needs {needed} open files, but the hard RLIMIT_NOFILE is {hard}: raise it \
+         (`ulimit -Hn`, or LimitNOFILE= / --ulimit nofile= where the tests run)"
+    );
+    if soft < needed {
+        setrlimit(Resource::RLIMIT_NOFILE, needed, hard).expect("setrlimit RLIMIT_NOFILE");
     }
-    soft.parse().ok()
 }
 
 /// Resident memory of `pid` in KiB, from `/proc/PID/status`.
@@ -333,15 +337,7 @@ async fn a_thousand_idle_connections_leave_the_service_responsive_and_bounded() 
     const KEPT_ALIVE: usize = 500;
     const SPARE_FDS: u64 = 200;
     let needed = (SILENT + KEPT_ALIVE) as u64 + SPARE_FDS;
-    match open_files_limit() {
-        Some(limit) if limit >= needed => {}
-        limit => {
-            eprintln!(
-                "note: skipping: RLIMIT_NOFILE {limit:?} is below the {needed} this test needs"
-            );
-            return;
-        }
-    }
+    raise_open_files_limit(needed);
     // Only what the test needs: idle connections must outlive the test's own pace. The
     // default http.max_connections (1024) leaves room for the requests below.
     let systemd = Systemd::new();
