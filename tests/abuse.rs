@@ -82,7 +82,8 @@ fn read_until_closed(
                 });
             }
             Ok(n) => received.extend_from_slice(&buf[..n]),
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+            // What a read timeout looks like on Linux (EAGAIN).
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
                 return None;
             }
             Err(_) => {
@@ -126,7 +127,8 @@ fn wait_for_close(stream: &mut TcpStream, started: Instant, give_up: Duration) -
 }
 
 /// Asserts the server gave up on a client within the header read timeout (plus margin), and
-/// not before it, and that it answered nothing or `408`.
+/// not before it, without an answer: there is no request to answer yet (hyper closes a head
+/// that times out without a `408`, and so does the service for a client that sent nothing).
 fn assert_closed_by_header_timeout(case: &str, closed: Option<Closed>) {
     let closed = closed.unwrap_or_else(|| {
         panic!(
@@ -151,7 +153,7 @@ fn assert_closed_by_header_timeout(case: &str, closed: Option<Closed>) {
         closed.after
     );
     assert!(
-        closed.received.is_empty() || closed.text().starts_with("HTTP/1.1 408"),
+        closed.received.is_empty(),
         "{case}: unexpected answer {:?}",
         closed.text()
     );
@@ -557,13 +559,19 @@ async fn drain_meets_its_deadline_with_abusive_clients_open() {
     }
     drop(silent);
     let stderr = service.stderr();
-    let ending = if stderr.contains("drain deadline reached") {
-        "deadline reached"
-    } else {
-        "drained"
-    };
-    eprintln!("exit {:?} after {took:?} ({ending})", status.code());
+    eprintln!("exit {:?} after {took:?}", status.code());
     assert_eq!(status.code(), Some(0), "{stderr}");
+    // The trickling clients would hold the drain until the 60 s header read timeout: only the
+    // deadline ends it.
+    assert_eq!(
+        support::log_count(
+            &stderr,
+            "drain deadline reached; closing the remaining connections"
+        ),
+        1,
+        "{stderr}"
+    );
+    assert_eq!(support::log_count(&stderr, "drained"), 0, "{stderr}");
     assert!(
         took < DRAIN_TIMEOUT + MARGIN + MARGIN,
         "took {took:?}:\n{stderr}"
