@@ -608,9 +608,10 @@ async fn notify_socket_going_nowhere_still_serves_and_stops_with_0() {
         std::thread::sleep(Duration::from_millis(100));
         assert_stops_cleanly(case, &mut service, QUICK_STOP);
         let stderr = service.stderr();
-        assert!(
-            stderr.matches("cannot notify").count() <= 1,
-            "{case}: the failure is reported once:\n{stderr}"
+        assert_eq!(
+            support::log_count(&stderr, "cannot notify the service manager"),
+            1,
+            "{case}: the failure is reported, once:\n{stderr}"
         );
         systemd.write_config("");
     }
@@ -886,82 +887,22 @@ async fn interleaved_sighup_and_sigterm_exit_0() {
 /// The largest duration the configuration syntax accepts.
 const FOREVER: &str = "18446744073709551615s";
 
-/// Waits until the service reports `READY=1` (`None`) or exits (its status).
-async fn ready_or_exit(
-    systemd: &Systemd,
-    service: &mut Service,
-) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + PATIENCE;
-    let mut buf = vec![0u8; 4096];
-    loop {
-        if let Some(status) = service.child.try_wait().expect("try_wait") {
-            return Some(status);
-        }
-        let received =
-            tokio::time::timeout(Duration::from_millis(10), systemd.notify.recv(&mut buf)).await;
-        if let Ok(Ok(n)) = received {
-            if String::from_utf8_lossy(&buf[..n])
-                .lines()
-                .any(|l| l == "READY=1")
-            {
-                return None;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "neither ready nor exited:\n{}",
-            service.stderr()
-        );
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn endless_header_read_timeout_is_refused_or_served() {
-    let systemd = Systemd::new();
-    systemd.write_config(&format!("[http]\nheader_read_timeout = \"{FOREVER}\"\n"));
-    let mut service = systemd.start();
-    if let Some(status) = ready_or_exit(&systemd, &mut service).await {
-        assert_eq!(status.code(), Some(EXIT_CONFIG), "{}", service.stderr());
-        let stderr = service.stderr();
-        assert_one_clear_line(
-            "endless header_read_timeout",
-            &stderr,
-            &["http.header_read_timeout"],
+async fn endless_timeouts_are_refused_at_start() {
+    // Beyond what a timer can hold: refused by the configuration's upper bound, not served
+    // with a deadline that would overflow.
+    for key in ["http.header_read_timeout", "shutdown.drain_timeout"] {
+        let (section, name) = key.split_once('.').expect("section.name");
+        let systemd = Systemd::new();
+        systemd.write_config(&format!("[{section}]\n{name} = \"{FOREVER}\"\n"));
+        let file = systemd.config_path().display().to_string();
+        assert_fails_at_start(
+            &format!("endless {key}"),
+            systemd.start(),
+            EXIT_CONFIG,
+            &[&file, key, "must be at most"],
         );
-        return;
     }
-    let response =
-        tokio::task::block_in_place(|| support::KeepAlive::connect(systemd.addr).request("/"));
-    assert_eq!(
-        response.map(|r| r.status),
-        Some(200),
-        "{}",
-        service.stderr()
-    );
-    tokio::task::block_in_place(|| {
-        assert_stops_cleanly("endless header_read_timeout", &mut service, QUICK_STOP);
-    });
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn endless_drain_timeout_is_refused_or_drains() {
-    let systemd = Systemd::new();
-    systemd.write_config(&format!("[shutdown]\ndrain_timeout = \"{FOREVER}\"\n"));
-    let mut service = systemd.start();
-    if let Some(status) = ready_or_exit(&systemd, &mut service).await {
-        assert_eq!(status.code(), Some(EXIT_CONFIG), "{}", service.stderr());
-        let stderr = service.stderr();
-        assert_one_clear_line(
-            "endless drain_timeout",
-            &stderr,
-            &["shutdown.drain_timeout"],
-        );
-        return;
-    }
-    assert_eq!(get(systemd.addr, "/").status, 200);
-    tokio::task::block_in_place(|| {
-        assert_stops_cleanly("endless drain_timeout", &mut service, QUICK_STOP);
-    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -981,9 +922,7 @@ async fn reload_command_with_an_endless_timeout_does_not_panic() {
         .expect("run seamless reload");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
-    assert!(
-        matches!(output.status.code(), Some(0 | 2)),
-        "{:?}: {stderr}",
-        output.status
-    );
+    // An absurd timeout means "wait as long as it takes"; the reload itself is quick.
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("config generation 2 is live"), "{stderr}");
 }
