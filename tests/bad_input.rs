@@ -816,6 +816,16 @@ async fn sigterm_storm_is_one_drain_and_exits_0() {
         "repeated SIGTERM is not SIGQUIT:\n{stderr}"
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
+    // One drain, counted twice over: what systemd was told, and what the log says.
+    let sent = systemd.pending_notifications();
+    let stopping = sent
+        .iter()
+        .flat_map(|message| message.lines())
+        .filter(|line| *line == "STOPPING=1")
+        .count();
+    assert_eq!(stopping, 1, "{sent:#?}");
+    assert_eq!(support::log_count(&stderr, "draining"), 1, "{stderr}");
+    assert_eq!(support::log_count(&stderr, "drained"), 1, "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
