@@ -82,7 +82,8 @@ fn read_until_closed(
                 });
             }
             Ok(n) => received.extend_from_slice(&buf[..n]),
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+            // What a read timeout looks like on Linux (EAGAIN).
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
                 return None;
             }
             Err(_) => {
@@ -126,7 +127,8 @@ fn wait_for_close(stream: &mut TcpStream, started: Instant, give_up: Duration) -
 }
 
 /// Asserts the server gave up on a client within the header read timeout (plus margin), and
-/// not before it, and that it answered nothing or `408`.
+/// not before it, without an answer: there is no request to answer yet (hyper closes a head
+/// that times out without a `408`, and so does the service for a client that sent nothing).
 fn assert_closed_by_header_timeout(case: &str, closed: Option<Closed>) {
     let closed = closed.unwrap_or_else(|| {
         panic!(
@@ -151,7 +153,7 @@ fn assert_closed_by_header_timeout(case: &str, closed: Option<Closed>) {
         closed.after
     );
     assert!(
-        closed.received.is_empty() || closed.text().starts_with("HTTP/1.1 408"),
+        closed.received.is_empty(),
         "{case}: unexpected answer {:?}",
         closed.text()
     );
@@ -297,15 +299,19 @@ async fn slowloris_cannot_hold_connection_slots_past_the_header_read_timeout() {
     assert_no_panic(&service);
 }
 
-/// The soft `RLIMIT_NOFILE` of this process, which the service inherits.
-fn open_files_limit() -> Option<u64> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    let soft = line.split_whitespace().nth(3)?;
-    if soft == "unlimited" {
-        return Some(u64::MAX);
+/// Raises this process's soft `RLIMIT_NOFILE`, which the service inherits, to `needed` (up to
+/// the hard limit, which an unprivileged process may not exceed). Fails if even that is too low.
+fn raise_open_files_limit(needed: u64) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit RLIMIT_NOFILE");
+    assert!(
+        hard >= needed,
+        "this test needs {needed} open files, but the hard RLIMIT_NOFILE is {hard}: raise it \
+         (`ulimit -Hn`, or LimitNOFILE= / --ulimit nofile= where the tests run)"
+    );
+    if soft < needed {
+        setrlimit(Resource::RLIMIT_NOFILE, needed, hard).expect("setrlimit RLIMIT_NOFILE");
     }
-    soft.parse().ok()
 }
 
 /// Resident memory of `pid` in KiB, from `/proc/PID/status`.
@@ -333,15 +339,7 @@ async fn a_thousand_idle_connections_leave_the_service_responsive_and_bounded() 
     const KEPT_ALIVE: usize = 500;
     const SPARE_FDS: u64 = 200;
     let needed = (SILENT + KEPT_ALIVE) as u64 + SPARE_FDS;
-    match open_files_limit() {
-        Some(limit) if limit >= needed => {}
-        limit => {
-            eprintln!(
-                "note: skipping: RLIMIT_NOFILE {limit:?} is below the {needed} this test needs"
-            );
-            return;
-        }
-    }
+    raise_open_files_limit(needed);
     // Only what the test needs: idle connections must outlive the test's own pace. The
     // default http.max_connections (1024) leaves room for the requests below.
     let systemd = Systemd::new();
@@ -561,13 +559,19 @@ async fn drain_meets_its_deadline_with_abusive_clients_open() {
     }
     drop(silent);
     let stderr = service.stderr();
-    let ending = if stderr.contains("drain deadline reached") {
-        "deadline reached"
-    } else {
-        "drained"
-    };
-    eprintln!("exit {:?} after {took:?} ({ending})", status.code());
+    eprintln!("exit {:?} after {took:?}", status.code());
     assert_eq!(status.code(), Some(0), "{stderr}");
+    // The trickling clients would hold the drain until the 60 s header read timeout: only the
+    // deadline ends it.
+    assert_eq!(
+        support::log_count(
+            &stderr,
+            "drain deadline reached; closing the remaining connections"
+        ),
+        1,
+        "{stderr}"
+    );
+    assert_eq!(support::log_count(&stderr, "drained"), 0, "{stderr}");
     assert!(
         took < DRAIN_TIMEOUT + MARGIN + MARGIN,
         "took {took:?}:\n{stderr}"

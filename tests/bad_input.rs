@@ -309,30 +309,38 @@ async fn the_operating_system_reason_is_given_once() {
     assert_eq!(stderr.matches("os error").count(), 1, "{stderr}");
 }
 
-/// Whether permission bits are enforced for this process: not for root (`CAP_DAC_OVERRIDE`).
-fn permissions_enforced(probe: &Path) -> bool {
-    std::fs::File::open(probe).is_err() && std::fs::read_dir(probe).is_err()
+/// Asserts that the user the service runs as may not read `path`: otherwise the case would
+/// prove nothing, and must say so rather than pass.
+fn assert_refused_to_the_service(systemd: &Systemd, path: &Path) {
+    let mut probe = Command::new("/bin/sh");
+    probe
+        .arg("-c")
+        .arg(r#"test -r "$0""#)
+        .arg(path)
+        .stdin(Stdio::null());
+    let readable = systemd
+        .as_service_user(&mut probe)
+        .status()
+        .expect("run the probe")
+        .success();
+    assert!(
+        !readable,
+        "{} is readable despite mode 000: the service user ({:?}) is not subject to permission bits",
+        path.display(),
+        systemd.credentials
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreadable_configuration_at_start_is_one_line_and_exit_78() {
     use std::os::unix::fs::PermissionsExt;
-    let probe = tempfile::tempdir().expect("tempdir");
-    std::fs::set_permissions(probe.path(), std::fs::Permissions::from_mode(0o000)).expect("chmod");
-    let enforced = permissions_enforced(probe.path());
-    std::fs::set_permissions(probe.path(), std::fs::Permissions::from_mode(0o700)).expect("chmod");
-    if !enforced {
-        // The directory-in-the-way cases of the previous test cover the same error path.
-        eprintln!("note: skipping chmod 000 cases: this process can read unreadable files (root?)");
-        return;
-    }
-
-    let systemd = Systemd::new();
+    let systemd = Systemd::unprivileged();
     std::fs::set_permissions(
         systemd.config_path(),
         std::fs::Permissions::from_mode(0o000),
     )
     .expect("chmod");
+    assert_refused_to_the_service(&systemd, &systemd.config_path());
     let file = systemd.config_path().display().to_string();
     assert_fails_at_start(
         "unreadable main file",
@@ -341,20 +349,20 @@ async fn unreadable_configuration_at_start_is_one_line_and_exit_78() {
         &[&file, "ermission denied"],
     );
 
-    let systemd = Systemd::new();
+    let systemd = Systemd::unprivileged();
     let drop_ins = systemd.dir.path().join("seamless.d");
     std::fs::create_dir(&drop_ins).expect("mkdir");
     std::fs::set_permissions(&drop_ins, std::fs::Permissions::from_mode(0o000)).expect("chmod");
-    let service = systemd.start();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        assert_refused_to_the_service(&systemd, &drop_ins);
         assert_fails_at_start(
             "unreadable drop-in directory",
-            service,
+            systemd.start(),
             EXIT_CONFIG,
             &["seamless.d", "ermission denied"],
         );
     }));
-    // Let the temporary directory be removed.
+    // Let the temporary directory be removed (by a test that does not run as root).
     std::fs::set_permissions(&drop_ins, std::fs::Permissions::from_mode(0o700)).expect("chmod");
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
@@ -600,9 +608,10 @@ async fn notify_socket_going_nowhere_still_serves_and_stops_with_0() {
         std::thread::sleep(Duration::from_millis(100));
         assert_stops_cleanly(case, &mut service, QUICK_STOP);
         let stderr = service.stderr();
-        assert!(
-            stderr.matches("cannot notify").count() <= 1,
-            "{case}: the failure is reported once:\n{stderr}"
+        assert_eq!(
+            support::log_count(&stderr, "cannot notify the service manager"),
+            1,
+            "{case}: the failure is reported, once:\n{stderr}"
         );
         systemd.write_config("");
     }
@@ -807,6 +816,16 @@ async fn sigterm_storm_is_one_drain_and_exits_0() {
         "repeated SIGTERM is not SIGQUIT:\n{stderr}"
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
+    // One drain, counted twice over: what systemd was told, and what the log says.
+    let sent = systemd.pending_notifications();
+    let stopping = sent
+        .iter()
+        .flat_map(|message| message.lines())
+        .filter(|line| *line == "STOPPING=1")
+        .count();
+    assert_eq!(stopping, 1, "{sent:#?}");
+    assert_eq!(support::log_count(&stderr, "draining"), 1, "{stderr}");
+    assert_eq!(support::log_count(&stderr, "drained"), 1, "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -878,82 +897,22 @@ async fn interleaved_sighup_and_sigterm_exit_0() {
 /// The largest duration the configuration syntax accepts.
 const FOREVER: &str = "18446744073709551615s";
 
-/// Waits until the service reports `READY=1` (`None`) or exits (its status).
-async fn ready_or_exit(
-    systemd: &Systemd,
-    service: &mut Service,
-) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + PATIENCE;
-    let mut buf = vec![0u8; 4096];
-    loop {
-        if let Some(status) = service.child.try_wait().expect("try_wait") {
-            return Some(status);
-        }
-        let received =
-            tokio::time::timeout(Duration::from_millis(10), systemd.notify.recv(&mut buf)).await;
-        if let Ok(Ok(n)) = received {
-            if String::from_utf8_lossy(&buf[..n])
-                .lines()
-                .any(|l| l == "READY=1")
-            {
-                return None;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "neither ready nor exited:\n{}",
-            service.stderr()
-        );
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn endless_header_read_timeout_is_refused_or_served() {
-    let systemd = Systemd::new();
-    systemd.write_config(&format!("[http]\nheader_read_timeout = \"{FOREVER}\"\n"));
-    let mut service = systemd.start();
-    if let Some(status) = ready_or_exit(&systemd, &mut service).await {
-        assert_eq!(status.code(), Some(EXIT_CONFIG), "{}", service.stderr());
-        let stderr = service.stderr();
-        assert_one_clear_line(
-            "endless header_read_timeout",
-            &stderr,
-            &["http.header_read_timeout"],
+async fn endless_timeouts_are_refused_at_start() {
+    // Beyond what a timer can hold: refused by the configuration's upper bound, not served
+    // with a deadline that would overflow.
+    for key in ["http.header_read_timeout", "shutdown.drain_timeout"] {
+        let (section, name) = key.split_once('.').expect("section.name");
+        let systemd = Systemd::new();
+        systemd.write_config(&format!("[{section}]\n{name} = \"{FOREVER}\"\n"));
+        let file = systemd.config_path().display().to_string();
+        assert_fails_at_start(
+            &format!("endless {key}"),
+            systemd.start(),
+            EXIT_CONFIG,
+            &[&file, key, "must be at most"],
         );
-        return;
     }
-    let response =
-        tokio::task::block_in_place(|| support::KeepAlive::connect(systemd.addr).request("/"));
-    assert_eq!(
-        response.map(|r| r.status),
-        Some(200),
-        "{}",
-        service.stderr()
-    );
-    tokio::task::block_in_place(|| {
-        assert_stops_cleanly("endless header_read_timeout", &mut service, QUICK_STOP);
-    });
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn endless_drain_timeout_is_refused_or_drains() {
-    let systemd = Systemd::new();
-    systemd.write_config(&format!("[shutdown]\ndrain_timeout = \"{FOREVER}\"\n"));
-    let mut service = systemd.start();
-    if let Some(status) = ready_or_exit(&systemd, &mut service).await {
-        assert_eq!(status.code(), Some(EXIT_CONFIG), "{}", service.stderr());
-        let stderr = service.stderr();
-        assert_one_clear_line(
-            "endless drain_timeout",
-            &stderr,
-            &["shutdown.drain_timeout"],
-        );
-        return;
-    }
-    assert_eq!(get(systemd.addr, "/").status, 200);
-    tokio::task::block_in_place(|| {
-        assert_stops_cleanly("endless drain_timeout", &mut service, QUICK_STOP);
-    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -973,9 +932,7 @@ async fn reload_command_with_an_endless_timeout_does_not_panic() {
         .expect("run seamless reload");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
-    assert!(
-        matches!(output.status.code(), Some(0 | 2)),
-        "{:?}: {stderr}",
-        output.status
-    );
+    // An absurd timeout means "wait as long as it takes"; the reload itself is quick.
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("config generation 2 is live"), "{stderr}");
 }

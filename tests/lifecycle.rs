@@ -3,10 +3,13 @@
 
 mod support;
 
+use std::io::Write as _;
+use std::os::fd::AsRawFd;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use support::{BIN, Systemd, get};
+use support::{BIN, PATIENCE, Systemd, get};
 
 #[tokio::test]
 async fn ready_only_once_serving_then_serves() {
@@ -119,42 +122,113 @@ fn reload_command(systemd: &Systemd, pid: i32) -> std::process::Output {
         .expect("run seamless reload")
 }
 
+/// A configuration with `message`, and debug logging from the signal task only: its
+/// "signal received" line shows that a `SIGHUP` reached the service as a request of its own.
+fn storm_config(message: &str) -> String {
+    format!("message = \"{message}\\n\"\n[log]\nlevel = \"info,seamless_core::signals=debug\"\n")
+}
+
+/// Bytes written into the FIFO behind `fifo` that nobody has read yet.
+fn unread_bytes(fifo: &std::fs::File) -> i32 {
+    let mut unread: libc::c_int = 0;
+    #[allow(unsafe_code)]
+    // SAFETY: FIONREAD writes one `int` through the pointer, which is valid for the call.
+    let rc = unsafe { libc::ioctl(fifo.as_raw_fd(), libc::FIONREAD, &mut unread) };
+    assert_eq!(rc, 0, "FIONREAD: {}", std::io::Error::last_os_error());
+    unread
+}
+
+/// Polls `done` until it holds, at most `PATIENCE`.
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !done() {
+        assert!(Instant::now() < deadline, "not within {PATIENCE:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn metric(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+}
+
 #[tokio::test]
-async fn sighup_storm_coalesces_and_keeps_serving() {
+async fn sighups_during_a_reload_coalesce_into_one_more() {
+    const SIGNALS: usize = 10;
     let systemd = Systemd::new();
-    systemd.write_config("message = \"storm\\n\"\n");
-    let service = systemd.start_ready().await;
-    for _ in 0..200 {
+    systemd.write_config(&storm_config("start"));
+    let mut service = systemd.start_ready().await;
+    let stderr = service.stderr.clone();
+    let received = || support::log_count(&support::read_file(&stderr), "signal received");
+
+    // A drop-in that is a FIFO holds a reload in `read` until the test closes its end. The
+    // test opens it read-write, so no open blocks, and puts a comment in it: once that has
+    // been read, the reload has read the main file too (drop-ins come after it) and waits.
+    let drop_ins = systemd.dir.path().join("seamless.d");
+    std::fs::create_dir(&drop_ins).expect("mkdir");
+    let gate_path = drop_ins.join("50-gate.toml");
+    nix::unistd::mkfifo(&gate_path, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    let mut gate = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&gate_path)
+        .expect("open the FIFO");
+    gate.write_all(b"# the reload waits here\n")
+        .expect("fill the FIFO");
+
+    systemd.write_config(&storm_config("first reload"));
+    service.signal(Signal::SIGHUP);
+    wait_until("the reload to reach the FIFO", || unread_bytes(&gate) == 0).await;
+    assert_eq!(received(), 1, "{}", service.stderr());
+    // A new configuration and a SIGHUP for each, while that reload waits. Each SIGHUP is taken
+    // by the service before the next is sent, so the kernel merges none of them: a service
+    // that reloaded once per SIGHUP would reload SIGNALS times.
+    for n in 2..=SIGNALS {
+        systemd.write_config(&storm_config(&format!("storm {n}")));
         service.signal(Signal::SIGHUP);
+        wait_until(&format!("SIGHUP {n} to arrive"), || received() == n).await;
     }
-    // Reloads run after the signals; wait until the storm has been worked off.
-    let ok_reloads = |metrics: &str| -> u64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("seamless_reloads_total{result=\"ok\"} "))
-            .and_then(|n| n.parse().ok())
-            .expect("reload counter")
-    };
-    let deadline = std::time::Instant::now() + support::PATIENCE;
-    let mut metrics = get(systemd.addr, "/metrics").body;
-    while ok_reloads(&metrics) == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no reload ran: {metrics}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        metrics = get(systemd.addr, "/metrics").body;
-    }
+    std::fs::remove_file(&gate_path).expect("remove the FIFO");
+    drop(gate);
+
+    // The last configuration written is the one that serves.
+    let last = format!("storm {SIGNALS}\n");
+    wait_until("the last configuration to serve", || {
+        get(systemd.addr, "/").body == last
+    })
+    .await;
+    let metrics = get(systemd.addr, "/metrics").body;
+    let reloads = metric(&metrics, "seamless_reloads_total{result=\"ok\"}");
+    let generation = metric(&metrics, "seamless_config_generation");
     assert!(
-        ok_reloads(&metrics) <= 200,
-        "never more reloads than signals: {metrics}"
+        reloads >= 2,
+        "the first reload read \"first reload\": {metrics}"
     );
-    assert_eq!(get(systemd.addr, "/").body, "storm\n");
-    // Still responsive to a reload that matters after the storm.
-    systemd.write_config("message = \"after\\n\"\n");
-    let output = reload_command(&systemd, service.pid);
-    assert!(output.status.success(), "{output:?}");
-    assert_eq!(get(systemd.addr, "/").body, "after\n");
+    assert_eq!(generation, 1 + reloads, "{metrics}");
+    assert_eq!(
+        metric(&metrics, "seamless_reloads_total{result=\"failed\"}"),
+        0
+    );
+    let response = get(systemd.addr, "/");
+    assert_eq!(response.body, last);
+    assert_eq!(
+        response.header("x-config-generation"),
+        Some(generation.to_string().as_str())
+    );
+
+    // Requests are served in order: once SIGTERM, sent after every SIGHUP, has stopped the
+    // service, every reload those SIGHUPs caused has run, and the log counts them all.
+    service.signal(Signal::SIGTERM);
+    assert_eq!(service.wait().code(), Some(0), "{}", service.stderr());
+    let stderr = service.stderr();
+    let reloads = support::log_count(&stderr, "configuration reloaded");
+    assert!(
+        reloads < SIGNALS,
+        "{SIGNALS} SIGHUPs, each received on its own, caused {reloads} reloads:\n{stderr}"
+    );
 }
 
 #[tokio::test]

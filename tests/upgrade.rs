@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -152,6 +153,60 @@ async fn upgrade_under_keep_alive_load_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrade_under_connection_close_load_loses_nothing() {
     upgrade_under_load(Mode::Close).await;
+}
+
+/// A package replaced the binary before the process even started (or a process upgraded
+/// before, from a file since replaced): `/proc/self/exe` already reads `PATH (deleted)` when the
+/// process looks up where it came from. The successor must be the file now at `PATH`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_from_a_deleted_executable_starts_the_installed_file() {
+    become_subreaper();
+    let mut systemd = systemd_with_replaceable_binary();
+    let install_path = systemd.bin.clone();
+    // Start the old process from an inode no path names: unlink the binary, and execute it
+    // through the test's own open descriptor for it.
+    let deleted = std::fs::File::open(&install_path).expect("open binary");
+    std::fs::remove_file(&install_path).expect("rm binary");
+    systemd.bin = PathBuf::from(format!(
+        "/proc/{}/fd/{}",
+        std::process::id(),
+        deleted.as_raw_fd()
+    ));
+    let mut old = systemd.start_ready().await;
+    systemd.bin = install_path;
+    drop(deleted);
+    let exe = std::fs::read_link(format!("/proc/{}/exe", old.pid)).expect("old exe");
+    assert_eq!(
+        exe.as_os_str().to_string_lossy(),
+        format!("{} (deleted)", systemd.bin.display()),
+        "the old process runs a deleted file"
+    );
+
+    install(&systemd.bin, Path::new(BIN));
+    let output = tokio::task::block_in_place(|| upgrade_command(&systemd, old.pid));
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        output.status.success(),
+        "{output:?}\nservice:\n{}",
+        old.stderr()
+    );
+    assert!(stderr.contains("serves now"), "{stderr}");
+    let new: i32 = systemd
+        .expect_notify_prefix("MAINPID=")
+        .await
+        .parse()
+        .expect("MAINPID value");
+    assert_eq!(tokio::task::block_in_place(|| old.wait()).code(), Some(0));
+    assert_eq!(pid_answering(&systemd), new, "the successor answers");
+    let exe = std::fs::read_link(format!("/proc/{new}/exe")).expect("successor exe");
+    assert_eq!(exe, systemd.bin, "successor runs {}", exe.display());
+
+    nix::sys::signal::kill(Pid::from_raw(new), Signal::SIGTERM).expect("SIGTERM successor");
+    let status = tokio::task::block_in_place(|| waitpid(Pid::from_raw(new), None));
+    assert_eq!(
+        status.expect("waitpid"),
+        WaitStatus::Exited(Pid::from_raw(new), 0)
+    );
 }
 
 /// Breaks the next upgrade in one particular way.

@@ -28,6 +28,9 @@ pub struct Systemd {
     pub addr: SocketAddr,
     pub notify: UnixDatagram,
     pub dir: tempfile::TempDir,
+    /// The user and group the service runs as; `None`: the test's own. Set by
+    /// [`Systemd::unprivileged`] for tests that need permission bits to be enforced.
+    pub credentials: Option<(u32, u32)>,
 }
 
 pub struct Service {
@@ -49,9 +52,46 @@ impl Systemd {
             addr,
             notify,
             dir,
+            credentials: None,
         };
         systemd.write_config("");
         systemd
+    }
+
+    /// A harness whose service is refused what its permission bits refuse: it runs as `nobody`
+    /// when the tests run as root (whom no permission bit stops), as the test's own user
+    /// otherwise. The directory, the main file and a copy of the binary are made reachable for
+    /// that user (the temporary directory is 0700; the build may sit under a private home).
+    pub fn unprivileged() -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let mut systemd = Systemd::new();
+        if nix::unistd::geteuid().is_root() {
+            let nobody = nix::unistd::User::from_name("nobody")
+                .expect("look up the user nobody")
+                .expect("a user named nobody, to run the service without privileges");
+            systemd.credentials = Some((nobody.uid.as_raw(), nobody.gid.as_raw()));
+        }
+        let reachable = std::fs::Permissions::from_mode(0o755);
+        std::fs::set_permissions(systemd.dir.path(), reachable.clone()).expect("chmod dir");
+        let bin = systemd.dir.path().join("seamless");
+        std::fs::copy(BIN, &bin).expect("copy binary");
+        std::fs::set_permissions(&bin, reachable).expect("chmod binary");
+        systemd.bin = bin;
+        std::fs::set_permissions(
+            systemd.config_path(),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .expect("chmod config");
+        systemd
+    }
+
+    /// Runs `command` as the user the service runs as.
+    pub fn as_service_user<'c>(&self, command: &'c mut Command) -> &'c mut Command {
+        if let Some((uid, gid)) = self.credentials {
+            // As root, std also drops every supplementary group before `setuid`.
+            command.uid(uid).gid(gid);
+        }
+        command
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -100,6 +140,7 @@ impl Systemd {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr).expect("stderr file"));
+        self.as_service_user(&mut command);
         let fd = self.listener.as_raw_fd();
         #[allow(unsafe_code)]
         // SAFETY: between fork and exec only async-signal-safe calls (dup2, fcntl) are made.
@@ -162,6 +203,20 @@ impl Systemd {
                 return (seen, picked);
             }
         }
+    }
+
+    /// Every notification received and not yet read, without waiting: once the service has
+    /// exited, the rest of what it sent.
+    pub fn pending_notifications(&self) -> Vec<String> {
+        // Read past tokio's readiness bookkeeping: the socket is non-blocking, so a plain read
+        // returns each queued datagram, then `WouldBlock`.
+        let socket = socket2::SockRef::from(&self.notify);
+        let mut seen = Vec::new();
+        let mut buf = vec![0u8; 4096];
+        while let Ok(n) = (&*socket).read(&mut buf) {
+            seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        seen
     }
 
     /// Starts the service and waits for READY=1.
@@ -299,6 +354,21 @@ impl KeepAlive {
         self.send(path);
         self.receive()
     }
+}
+
+/// How many of the service's log lines (`TIMESTAMP LEVEL MESSAGE FIELDS…`) carry `message`.
+pub fn log_count(stderr: &str, message: &str) -> usize {
+    stderr
+        .lines()
+        .filter(|line| {
+            let text = line
+                .split_whitespace()
+                .skip(2)
+                .collect::<Vec<_>>()
+                .join(" ");
+            text == message || text.starts_with(&format!("{message} "))
+        })
+        .count()
 }
 
 pub fn read_file(path: &Path) -> String {
