@@ -35,6 +35,9 @@ pub enum Command {
     Serve,
     /// Validate the layered configuration; exit 78 with the first error (file and key) if invalid.
     CheckConfig,
+    /// Print the effective configuration (built-in defaults, file, drop-ins and NAME_*
+    /// variables merged) as TOML; exit 78 with the first error if invalid.
+    PrintConfig,
     /// Ask a running service to reload (SIGHUP) and wait until it reports the result; exits
     /// non-zero with the error when the new configuration is refused. For ExecReload=.
     Reload {

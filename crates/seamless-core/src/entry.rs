@@ -2,6 +2,7 @@
 //! logging, build the application's state and serve — or carry out a one-shot command. An
 //! application's `main` is one call to [`main`].
 
+use std::io::Write as _;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -19,7 +20,7 @@ use crate::verdict::{RequestError, Verdict};
 use crate::{listeners, logging, signals, upgrade};
 
 /// Runs the service binary of application `A`: `NAME [serve]`, `NAME check-config`,
-/// `NAME reload --pid PID`, `NAME upgrade --pid PID` (see `NAME --help`).
+/// `NAME print-config`, `NAME reload --pid PID`, `NAME upgrade --pid PID` (see `NAME --help`).
 ///
 /// ```no_run
 /// # use std::sync::Arc;
@@ -44,6 +45,7 @@ pub fn main<A: App>() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve::<A>(loader),
         Command::CheckConfig => check_config::<A>(&loader),
+        Command::PrintConfig => print_config::<A>(&loader),
         // A refused reload is an invalid configuration; a failed upgrade is a failure.
         Command::Reload {
             pid,
@@ -115,6 +117,17 @@ fn check_config<A: App>(loader: &Loader) -> anyhow::Result<u8> {
         A::IDENTITY.name,
         loader.main_file().display()
     );
+    Ok(cli::EXIT_OK)
+}
+
+/// The application's keys first: its top-level keys must come before any `[section]`.
+fn print_config<A: App>(loader: &Loader) -> anyhow::Result<u8> {
+    let loaded = loader.load::<A::Config>()?;
+    let app = toml::to_string(&loaded.app).context("cannot print the application's keys")?;
+    let service = toml::to_string(&loaded.service).context("cannot print the service's keys")?;
+    std::io::stdout()
+        .write_all(format!("{app}\n{service}").as_bytes())
+        .context("cannot write to stdout")?;
     Ok(cli::EXIT_OK)
 }
 
