@@ -16,7 +16,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::net::UnixDatagram;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_seamless");
+pub const BIN: &str = env!(concat!("CARGO_BIN_EXE_", env!("CARGO_PKG_NAME")));
 /// Generous bounds for things that normally take milliseconds; only hit when something is wrong.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
