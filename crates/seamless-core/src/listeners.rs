@@ -1,16 +1,30 @@
 //! Listening sockets: taken from systemd (socket activation) or bound by ourselves.
 //!
 //! systemd passes sockets as fds `3..3+LISTEN_FDS`, for the process whose PID is `LISTEN_PID`,
-//! named by `LISTEN_FDNAMES`. We read these variables strictly (garbage is an error naming the
-//! variable, not "no sockets"), unset them so children do not inherit them, check each fd really
-//! is a listening stream socket, and make it non-blocking before tokio sees it.
+//! named by `LISTEN_FDNAMES`. Dev tools (`systemfd --no-pid`, read by the `listenfd` crate) pass
+//! them without `LISTEN_PID`, because the process that ends up serving (`cargo watch` → `cargo
+//! run` → us) is not theirs to know, and may say where they start with `LISTEN_FDS_FIRST_FD`.
+//! So: no `LISTEN_PID` means ours, a `LISTEN_PID` naming another process means not ours.
+//!
+//! We read these variables strictly (garbage is an error naming the variable, not "no
+//! sockets"), unset them so children do not inherit them, check each fd really is a listening
+//! stream socket, and make it non-blocking before tokio sees it.
 //!
 //! Reading happens in two steps because of threads: [`take_from_env`] must run before the tokio
 //! runtime starts (it changes the environment and takes ownership of fds), while turning the
 //! sockets into tokio listeners ([`Passed::into_listeners`], [`bind`]) needs the runtime.
 //!
-//! We do this ourselves rather than with `listenfd`, which neither reads `LISTEN_FDNAMES` nor
-//! treats a wrong `LISTEN_PID` as "not for us".
+//! We follow `listenfd`'s convention but do not use the crate, because no part of it fits:
+//! - Reading the variables: `ListenFd::from_env` turns an unparsable `LISTEN_FDS` into "no
+//!   sockets" (we would silently bind ourselves instead of saying what is wrong), an
+//!   unparsable `LISTEN_FDS_FIRST_FD` into fd 3 and a malformed `LISTEN_PID` into "not ours";
+//!   it has no upper bound on the count, does not read `LISTEN_FDNAMES` (so no `http` /
+//!   `metrics` roles) and leaves `LISTEN_FDNAMES` and `LISTEN_FDS_FIRST_FD` set for children.
+//!   It reads the process environment itself, so its rules cannot be tested as a pure function
+//!   like [`ActivationEnv::parse`], and we would have to parse strictly first anyway.
+//! - Taking the fds: `take_tcp_listener` / `take_unix_listener` need the address family known
+//!   beforehand (we learn it from the socket), check neither that the socket listens nor set
+//!   `O_NONBLOCK`, which tokio needs; `take_raw_fd` checks nothing, i.e. it is `first + i`.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -26,6 +40,9 @@ pub const LISTEN_FDS: &str = "LISTEN_FDS";
 pub const LISTEN_PID: &str = "LISTEN_PID";
 /// Colon-separated names of the passed fds (`FileDescriptorName=`).
 pub const LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
+/// First passed fd, when not [`LISTEN_FDS_START`]: set by `systemfd`, never by systemd, so it
+/// is read only without `LISTEN_PID`.
+pub const LISTEN_FDS_FIRST_FD: &str = "LISTEN_FDS_FIRST_FD";
 /// The name of the socket that serves the application.
 pub const HTTP_NAME: &str = "http";
 /// More fds than this is certainly garbage (systemd's own limit on fd stores is far lower).
@@ -83,6 +100,17 @@ pub enum ListenerError {
 pub struct Passed {
     /// The sockets, in fd order, with their names.
     sockets: Vec<(String, Socket)>,
+    /// Who passed them, logged once logging is up ([`take_from_env`] runs before it is).
+    convention: Convention,
+}
+
+/// Who passed the sockets, as told by `LISTEN_PID`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Convention {
+    /// `LISTEN_PID` is ours: systemd, `systemd-socket-activate`, or our own hot upgrade.
+    Systemd,
+    /// No `LISTEN_PID`: a dev tool such as `systemfd --no-pid`, the `listenfd` convention.
+    NoPid,
 }
 
 /// A listening socket the server accepts on.
@@ -140,6 +168,8 @@ pub struct ActivationEnv {
     pub fds: Option<String>,
     /// `LISTEN_FDNAMES`.
     pub names: Option<String>,
+    /// `LISTEN_FDS_FIRST_FD`.
+    pub first_fd: Option<String>,
 }
 
 impl ActivationEnv {
@@ -149,26 +179,42 @@ impl ActivationEnv {
             pid: std::env::var(LISTEN_PID).ok(),
             fds: std::env::var(LISTEN_FDS).ok(),
             names: std::env::var(LISTEN_FDNAMES).ok(),
+            first_fd: std::env::var(LISTEN_FDS_FIRST_FD).ok(),
+        }
+    }
+
+    /// Who passed the fds, if [`parse`](Self::parse) finds any: decided by `LISTEN_PID` alone.
+    pub fn convention(&self) -> Convention {
+        if self.pid.is_some() {
+            Convention::Systemd
+        } else {
+            Convention::NoPid
         }
     }
 
     /// Which fds are ours and what they are called; `Ok(None)` when nothing was passed to us.
     ///
-    /// Pure, so the rules are tested without touching the process: no `LISTEN_PID` or one that
-    /// is not `our_pid` means the fds belong to someone else (an ancestor that forgot to unset
-    /// them); a missing `LISTEN_FDNAMES` names every socket `unknown`, as `sd_listen_fds_with_names`
-    /// does.
+    /// Pure, so the rules are tested without touching the process: a `LISTEN_PID` that is not
+    /// `our_pid` means the fds belong to someone else (an ancestor that forgot to unset them);
+    /// no `LISTEN_PID` with a `LISTEN_FDS` means a dev tool passed them to whoever ends up
+    /// running, which is us. A missing `LISTEN_FDNAMES` names every socket `unknown`, as
+    /// `sd_listen_fds_with_names` does. Fds start at 3, or at `LISTEN_FDS_FIRST_FD` without
+    /// `LISTEN_PID`.
     pub fn parse(&self, our_pid: u32) -> Result<Option<Vec<(RawFd, String)>>, ListenerError> {
-        let Some(pid) = &self.pid else {
-            return Ok(None);
-        };
-        let pid: u32 = pid.trim().parse().map_err(|e| ListenerError::BadVariable {
-            var: LISTEN_PID,
-            value: pid.clone(),
-            reason: format!("not a process ID ({e})"),
-        })?;
-        if pid != our_pid {
-            return Ok(None);
+        match &self.pid {
+            // Nothing passed, or only leftovers without a count: as without socket activation.
+            None if self.fds.is_none() => return Ok(None),
+            None => {}
+            Some(pid) => {
+                let pid: u32 = pid.trim().parse().map_err(|e| ListenerError::BadVariable {
+                    var: LISTEN_PID,
+                    value: pid.clone(),
+                    reason: format!("not a process ID ({e})"),
+                })?;
+                if pid != our_pid {
+                    return Ok(None);
+                }
+            }
         }
         let Some(fds) = &self.fds else {
             return Err(ListenerError::BadVariable {
@@ -200,9 +246,42 @@ impl ActivationEnv {
                 reason: format!("{} names for {count} sockets", names.len()),
             });
         }
-        // `count <= MAX_LISTEN_FDS`, so the conversion cannot fail.
-        let fds = (0..count).map(|i| LISTEN_FDS_START + RawFd::try_from(i).unwrap_or(RawFd::MAX));
+        let first = match self.convention() {
+            Convention::Systemd => LISTEN_FDS_START,
+            Convention::NoPid => self.first_fd(count)?,
+        };
+        // `count <= MAX_LISTEN_FDS` and `first_fd` checked that the last fd fits.
+        let fds = (0..count).map(|i| first + RawFd::try_from(i).unwrap_or(RawFd::MAX));
         Ok(Some(fds.zip(names).collect()))
+    }
+
+    /// `LISTEN_FDS_FIRST_FD`, or 3 when unset; `count` fds from it must be valid fd numbers.
+    fn first_fd(&self, count: usize) -> Result<RawFd, ListenerError> {
+        let Some(text) = &self.first_fd else {
+            return Ok(LISTEN_FDS_START);
+        };
+        let bad = |reason: String| ListenerError::BadVariable {
+            var: LISTEN_FDS_FIRST_FD,
+            value: text.clone(),
+            reason,
+        };
+        let first: RawFd = text
+            .trim()
+            .parse()
+            .map_err(|e| bad(format!("not an fd number ({e})")))?;
+        if first < LISTEN_FDS_START {
+            return Err(bad(format!(
+                "below {LISTEN_FDS_START}: fds 0 to 2 are stdin, stdout and stderr"
+            )));
+        }
+        // `count <= MAX_LISTEN_FDS`, so the conversion cannot fail.
+        let count = RawFd::try_from(count).unwrap_or(RawFd::MAX);
+        if first.checked_add(count).is_none() {
+            return Err(bad(format!(
+                "{count} fds from it exceed the largest fd number"
+            )));
+        }
+        Ok(first)
     }
 }
 
@@ -212,7 +291,8 @@ pub fn serves_http(name: &str) -> bool {
     name == HTTP_NAME || name == "unknown" || name.ends_with(".socket")
 }
 
-/// Takes the sockets systemd passed to this process, if any, and unsets `LISTEN_*`.
+/// Takes the sockets systemd (or a dev tool) passed to this process, if any, and unsets
+/// `LISTEN_*`.
 ///
 /// Call it before any thread is started: it changes the environment. Returns `Ok(None)` when
 /// no sockets were passed to this process.
@@ -229,12 +309,15 @@ pub fn take_from_env() -> Result<Option<Passed>, ListenerError> {
     for (fd, name) in fds {
         sockets.push((name.clone(), adopt(fd, &name)?));
     }
-    Ok(Some(Passed { sockets }))
+    Ok(Some(Passed {
+        sockets,
+        convention: env.convention(),
+    }))
 }
 
 #[allow(unsafe_code)]
 fn unset_env() {
-    for var in [LISTEN_PID, LISTEN_FDS, LISTEN_FDNAMES] {
+    for var in [LISTEN_PID, LISTEN_FDS, LISTEN_FDNAMES, LISTEN_FDS_FIRST_FD] {
         // SAFETY: called from `take_from_env`, which runs before the runtime or any other thread
         // starts, so nothing reads the environment concurrently.
         unsafe { std::env::remove_var(var) };
@@ -256,8 +339,9 @@ fn adopt(fd: RawFd, name: &str) -> Result<Socket, ListenerError> {
         return Err(bad(format!("not a socket but {}", target.display())));
     }
     #[allow(unsafe_code)]
-    // SAFETY: the fd is open (checked above), systemd handed it to this process, and nothing
-    // else in the process owns it: `take_from_env` unset LISTEN_FDS, so it is taken only once.
+    // SAFETY: the fd is open (checked above), systemd or a dev tool handed it to this process,
+    // and nothing else in the process owns it: `take_from_env` unset LISTEN_FDS, so it is taken
+    // only once.
     let socket = Socket::from(unsafe { OwnedFd::from_raw_fd(fd) });
 
     match socket.r#type() {
@@ -295,6 +379,11 @@ impl Passed {
         self.sockets.is_empty()
     }
 
+    /// Who passed the sockets.
+    pub fn convention(&self) -> Convention {
+        self.convention
+    }
+
     /// Registers the sockets with the current tokio runtime. Fails when none serves `http`.
     pub fn into_listeners(self) -> Result<Vec<Named>, ListenerError> {
         if !self.sockets.iter().any(|(name, _)| serves_http(name)) {
@@ -302,6 +391,20 @@ impl Passed {
             return Err(ListenerError::NoHttpSocket {
                 names: names.join(", "),
             });
+        }
+        // Here rather than in `take_from_env`, which runs before logging is set up.
+        let sockets = self.sockets.len();
+        match self.convention {
+            Convention::Systemd => tracing::info!(
+                convention = "systemd",
+                sockets,
+                "using sockets passed with our LISTEN_PID"
+            ),
+            Convention::NoPid => tracing::info!(
+                convention = "no-pid",
+                sockets,
+                "using sockets passed without LISTEN_PID, as dev tools like `systemfd --no-pid` do"
+            ),
         }
         self.sockets
             .into_iter()
@@ -343,13 +446,58 @@ mod tests {
             pid: pid.map(str::to_owned),
             fds: fds.map(str::to_owned),
             names: names.map(str::to_owned),
+            first_fd: None,
+        }
+    }
+
+    /// As `systemfd --no-pid` passes them: no `LISTEN_PID`, no names, the first fd given.
+    fn systemfd(fds: &str, first_fd: &str) -> ActivationEnv {
+        ActivationEnv {
+            first_fd: Some(first_fd.to_owned()),
+            ..env(None, Some(fds), None)
         }
     }
 
     #[test]
     fn nothing_passed() {
         assert_eq!(env(None, None, None).parse(42).expect("ok"), None);
-        assert_eq!(env(None, Some("2"), None).parse(42).expect("ok"), None);
+        // Names or a first fd without a count pass nothing.
+        assert_eq!(env(None, None, Some("http")).parse(42).expect("ok"), None);
+        let leftover = ActivationEnv {
+            first_fd: Some("3".to_owned()),
+            ..Default::default()
+        };
+        assert_eq!(leftover.parse(42).expect("ok"), None);
+    }
+
+    #[test]
+    fn no_pid_means_ours() {
+        let parsed = env(None, Some("2"), None).parse(42).expect("ok");
+        assert_eq!(
+            parsed,
+            Some(vec![(3, "unknown".to_owned()), (4, "unknown".to_owned())])
+        );
+        assert!(parsed.iter().flatten().all(|(_, name)| serves_http(name)));
+        assert_eq!(env(None, Some("2"), None).convention(), Convention::NoPid);
+        // Names are honoured the same way when a tool passes them.
+        let parsed = env(None, Some("2"), Some("http:metrics")).parse(42);
+        assert_eq!(
+            parsed.expect("ok"),
+            Some(vec![(3, "http".to_owned()), (4, "metrics".to_owned())])
+        );
+    }
+
+    #[test]
+    fn our_pid_means_ours() {
+        let ours = env(Some("42"), Some("1"), Some("http"));
+        assert_eq!(
+            ours.parse(42).expect("ok"),
+            Some(vec![(3, "http".to_owned())])
+        );
+        assert_eq!(ours.convention(), Convention::Systemd);
+        // Padding as a shell may leave it.
+        let padded = env(Some(" 42\n"), Some("1"), None).parse(42).expect("ok");
+        assert_eq!(padded, Some(vec![(3, "unknown".to_owned())]));
     }
 
     #[test]
@@ -358,6 +506,58 @@ mod tests {
             env(Some("41"), Some("1"), None).parse(42).expect("ok"),
             None
         );
+        // Not ours, so not ours to judge either: nothing else is read.
+        assert_eq!(
+            env(Some("41"), Some("junk"), Some("a:b:c"))
+                .parse(42)
+                .expect("ok"),
+            None
+        );
+    }
+
+    #[test]
+    fn first_fd_is_where_systemfd_says() {
+        let parsed = systemfd("2", "5").parse(42).expect("ok");
+        assert_eq!(
+            parsed,
+            Some(vec![(5, "unknown".to_owned()), (6, "unknown".to_owned())])
+        );
+        assert_eq!(
+            systemfd("1", " 3 ").parse(42).expect("ok"),
+            Some(vec![(3, "unknown".to_owned())])
+        );
+        // systemd never sets it, and fds from systemd start at 3: a leftover is not followed.
+        let systemd = ActivationEnv {
+            first_fd: Some("7".to_owned()),
+            ..env(Some("42"), Some("1"), None)
+        };
+        assert_eq!(
+            systemd.parse(42).expect("ok"),
+            Some(vec![(3, "unknown".to_owned())])
+        );
+    }
+
+    #[test]
+    fn bad_first_fd_is_an_error_naming_it() {
+        for (fds, first_fd, reason) in [
+            ("1", "", "not an fd number"),
+            ("1", "three", "not an fd number"),
+            ("1", "-3", "below 3"),
+            ("1", "0", "below 3"),
+            ("1", "2", "below 3"),
+            ("2", "2147483647", "exceed"),
+            ("1", "99999999999", "not an fd number"),
+        ] {
+            let case = systemfd(fds, first_fd);
+            match case.parse(42) {
+                Err(e @ ListenerError::BadVariable { .. }) => {
+                    let text = e.to_string();
+                    assert!(text.contains(LISTEN_FDS_FIRST_FD), "{case:?}: {text}");
+                    assert!(text.contains(reason), "{case:?}: {text}");
+                }
+                other => panic!("{case:?}: expected an error, got {other:?}"),
+            }
+        }
     }
 
     #[test]
@@ -399,6 +599,12 @@ mod tests {
                 env(Some("42"), Some("1"), Some("http:extra")),
                 LISTEN_FDNAMES,
             ),
+            // Without LISTEN_PID the same rules hold.
+            (env(None, Some(""), None), LISTEN_FDS),
+            (env(None, Some("one"), None), LISTEN_FDS),
+            (env(None, Some("5000"), None), LISTEN_FDS),
+            (env(None, Some("2"), Some("http")), LISTEN_FDNAMES),
+            (env(Some(""), Some("1"), None), LISTEN_PID),
         ];
         for (case, var) in cases {
             match case.parse(42) {

@@ -1,8 +1,8 @@
 //! Properties of the two parsers every start and reload goes through, over arbitrary input:
 //!
 //! - `ActivationEnv::parse` (the `LISTEN_*` variables) never panics, takes exactly the fds
-//!   systemd would have passed, ignores variables meant for another process, and refuses
-//!   garbage with an error naming the variable;
+//!   systemd or a dev tool without `LISTEN_PID` would have passed, ignores variables meant for
+//!   another process, and refuses garbage with an error naming the variable;
 //! - `Loader::load` never panics on any file content, and what it accepts survives a round trip
 //!   through its own serialisation; what it refuses is refused with one line naming the file.
 //!
@@ -14,7 +14,8 @@ use std::path::Path;
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 use seamless_core::listeners::{
-    ActivationEnv, LISTEN_FDNAMES, LISTEN_FDS, LISTEN_FDS_START, LISTEN_PID, ListenerError,
+    ActivationEnv, LISTEN_FDNAMES, LISTEN_FDS, LISTEN_FDS_FIRST_FD, LISTEN_FDS_START, LISTEN_PID,
+    ListenerError,
 };
 use seamless_core::{AppConfig, Identity, Loaded, Loader};
 use serde::{Deserialize, Serialize};
@@ -122,14 +123,26 @@ fn activation() -> impl Strategy<Value = (u32, ActivationEnv)> {
         proptest::option::of(names_text()),
     );
     let fds_and_names = prop_oneof![consistent, anything];
-    (any::<u32>(), pid, fds_and_names).prop_map(|(our_pid, pid, (fds, names))| {
-        let pid = match pid {
-            PidText::Unset => None,
-            PidText::Ours(before, after) => Some(format!("{before}{our_pid}{after}")),
-            PidText::Text(text) => Some(text),
-        };
-        (our_pid, ActivationEnv { pid, fds, names })
-    })
+    let first_fd = prop_oneof![
+        2 => Just(None),
+        1 => number_text().prop_map(Some),
+    ];
+    (any::<u32>(), pid, fds_and_names, first_fd).prop_map(
+        |(our_pid, pid, (fds, names), first_fd)| {
+            let pid = match pid {
+                PidText::Unset => None,
+                PidText::Ours(before, after) => Some(format!("{before}{our_pid}{after}")),
+                PidText::Text(text) => Some(text),
+            };
+            let env = ActivationEnv {
+                pid,
+                fds,
+                names,
+                first_fd,
+            };
+            (our_pid, env)
+        },
+    )
 }
 
 /// The variable a `BadVariable` error is about; `None` for any other kind of error.
@@ -148,9 +161,17 @@ proptest! {
         let result = env.parse(our_pid);
         // None: unset; Some(None): not a number; Some(Some(pid)): a PID.
         let pid: Option<Option<u32>> = env.pid.as_deref().map(|p| p.trim().parse().ok());
+        // LISTEN_FDS_FIRST_FD is followed only without LISTEN_PID; `None` when it is not a number.
+        let first_fd: Option<i32> = match (&pid, &env.first_fd) {
+            (None, Some(f)) => f.trim().parse().ok(),
+            _ => Some(LISTEN_FDS_START),
+        };
         match &result {
             Ok(Some(fds)) => {
-                prop_assert_eq!(pid, Some(Some(our_pid)), "taken only when LISTEN_PID is ours");
+                prop_assert!(
+                    pid.is_none() || pid == Some(Some(our_pid)),
+                    "taken only when LISTEN_PID is unset or ours"
+                );
                 let count: usize = env
                     .fds
                     .as_deref()
@@ -158,8 +179,10 @@ proptest! {
                     .expect("taken only with a numeric LISTEN_FDS");
                 prop_assert_eq!(fds.len(), count);
                 prop_assert!(fds.len() <= MAX_LISTEN_FDS);
+                let first = first_fd.expect("taken only with a numeric LISTEN_FDS_FIRST_FD");
+                prop_assert!(first >= LISTEN_FDS_START, "never stdin, stdout or stderr");
                 for (i, (fd, _)) in fds.iter().enumerate() {
-                    prop_assert_eq!(i64::from(*fd), i64::from(LISTEN_FDS_START) + i as i64);
+                    prop_assert_eq!(i64::from(*fd), i64::from(first) + i as i64);
                 }
                 let names: Vec<&str> = fds.iter().map(|(_, n)| n.as_str()).collect();
                 match &env.names {
@@ -168,8 +191,8 @@ proptest! {
                 }
             }
             Ok(None) => prop_assert!(
-                pid.is_none() || matches!(pid, Some(Some(p)) if p != our_pid),
-                "nothing taken although LISTEN_PID is ours: {:?}",
+                (pid.is_none() && env.fds.is_none()) || matches!(pid, Some(Some(p)) if p != our_pid),
+                "nothing taken although LISTEN_PID is unset or ours: {:?}",
                 env
             ),
             Err(error) => {
@@ -184,7 +207,14 @@ proptest! {
                         prop_assert_eq!(p, our_pid, "another process's variables are no error");
                         prop_assert!(var == Some(LISTEN_FDS) || var == Some(LISTEN_FDNAMES));
                     }
-                    None => prop_assert!(false, "no LISTEN_PID is no error: {}", message),
+                    None => {
+                        prop_assert!(env.fds.is_some(), "nothing passed is no error: {}", message);
+                        prop_assert!(
+                            var == Some(LISTEN_FDS)
+                                || var == Some(LISTEN_FDNAMES)
+                                || var == Some(LISTEN_FDS_FIRST_FD)
+                        );
+                    }
                 }
             }
         }
@@ -192,8 +222,13 @@ proptest! {
         // Valid input is never refused.
         let count = env.fds.as_deref().and_then(|f| f.trim().parse::<usize>().ok());
         let names_match = |n: usize| env.names.as_deref().is_none_or(|s| s.split(':').count() == n);
-        if pid == Some(Some(our_pid)) {
-            if let Some(n) = count.filter(|n| *n <= MAX_LISTEN_FDS && names_match(*n)) {
+        let first_fd_fits = |n: usize| {
+            first_fd.is_some_and(|f| f >= LISTEN_FDS_START && f.checked_add(n as i32).is_some())
+        };
+        if pid.is_none() || pid == Some(Some(our_pid)) {
+            if let Some(n) =
+                count.filter(|n| *n <= MAX_LISTEN_FDS && names_match(*n) && first_fd_fits(*n))
+            {
                 prop_assert!(matches!(&result, Ok(Some(v)) if v.len() == n), "{:?}", result);
             }
         }
