@@ -39,15 +39,13 @@ fn systemd_with_replaceable_binary() -> Systemd {
 /// running process keeps its (now deleted) inode; `path` names the new file.
 fn install(path: &Path, source: &Path) {
     let tmp = path.with_extension("new");
-    std::fs::copy(source, &tmp).expect("copy binary");
+    support::write_executable(&tmp, &std::fs::read(source).expect("read binary"));
     std::fs::rename(&tmp, path).expect("rename binary");
 }
 
 fn install_script(path: &Path, script: &str) {
     let tmp = path.with_extension("new");
-    std::fs::write(&tmp, script).expect("write script");
-    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod");
+    support::write_executable(&tmp, script.as_bytes());
     std::fs::rename(&tmp, path).expect("rename script");
 }
 

@@ -74,7 +74,7 @@ impl Systemd {
         let reachable = std::fs::Permissions::from_mode(0o755);
         std::fs::set_permissions(systemd.dir.path(), reachable.clone()).expect("chmod dir");
         let bin = systemd.dir.path().join("seamless");
-        std::fs::copy(BIN, &bin).expect("copy binary");
+        write_executable(&bin, &std::fs::read(BIN).expect("read binary"));
         std::fs::set_permissions(&bin, reachable).expect("chmod binary");
         systemd.bin = bin;
         std::fs::set_permissions(
@@ -373,4 +373,27 @@ pub fn log_count(stderr: &str, message: &str) -> usize {
 
 pub fn read_file(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// Writes an executable file from a child process, never from this one: a write fd open in a
+/// multi-threaded test process is inherited by every child another test forks meanwhile (until
+/// that child execs), and exec'ing the file then fails with "Text file busy" (ETXTBSY).
+pub fn write_executable(path: &Path, content: &[u8]) {
+    let mut child = Command::new("/bin/sh")
+        .args(["-c", r#"cat > "$1" && chmod 755 "$1""#, "sh"])
+        .arg(path)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("spawn sh");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(content)
+        .expect("write executable");
+    assert!(
+        child.wait().expect("wait").success(),
+        "cannot write {}",
+        path.display()
+    );
 }

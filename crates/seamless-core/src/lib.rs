@@ -34,7 +34,7 @@
 //! | module | concern |
 //! |---|---|
 //! | [`app`] | what an application supplies: the [`App`] trait |
-//! | [`identity`] | the service's name and every name derived from it |
+//! | [`identity`](mod@identity) | the service's name and every name derived from it |
 //! | [`entry`] | the binary's edge: [`main`] |
 //! | [`cli`] | command line and exit codes |
 //! | [`config`] | the service's keys beside the application's, layers, validation |

@@ -8,7 +8,7 @@
 //! | `GET /version` | `NAME VERSION (pid PID)`: which binary and process answered |
 //!
 //! These are answered before the application's router sees the request, so an application
-//! cannot shadow or break them; [`finish`] runs on every response, whoever produced it.
+//! cannot shadow or break them; `finish` runs on every response, whoever produced it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

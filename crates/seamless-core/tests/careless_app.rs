@@ -62,11 +62,11 @@ async fn serve_once(
     let loader = Loader::new(&Careless::IDENTITY, Some(config.to_owned()));
     let loaded = loader.load::<NoConfig>().expect("valid config");
     let mut metrics = Metrics::new("careless");
-    let state = Careless::state(&loaded.app, &mut metrics)
+    Careless::state(&loaded.app, &mut metrics)
         .await
         .expect("state");
     let shared = Arc::new(Shared::new(&Careless::IDENTITY, metrics));
-    let reloader = Reloader::<Careless>::new(loader, loaded, Arc::new(state), shared, None);
+    let reloader = Reloader::<Careless>::new(loader, loaded, Arc::new(()), shared, None);
     let (requests_tx, requests_rx) = mpsc::channel(8);
     let listeners = vec![Named {
         name: "http".to_owned(),
