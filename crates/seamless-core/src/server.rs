@@ -106,6 +106,60 @@ impl Upgrades {
 ///
 /// Sends `READY=1` once every listener is being served, `RELOADING=1`/`READY=1` around each
 /// reload, and `STOPPING=1` when the drain starts (or `MAINPID=` when a successor took over).
+///
+/// [`main`](crate::main) calls it with systemd's sockets (or self-bound ones) and signals;
+/// tests call it with their own:
+///
+/// ```
+/// use std::io::{Read as _, Write as _};
+/// use std::sync::Arc;
+///
+/// use axum::{Router, routing::get};
+/// use seamless_core::listeners::{Listener, Named};
+/// use seamless_core::{App, BoxError, Identity, Loader, Metrics, NoConfig, Stopped};
+/// use seamless_core::{reload::Reloader, routes::Shared, server::Upgrades, signals::Request};
+///
+/// struct Hello;
+///
+/// impl App for Hello {
+///     const IDENTITY: Identity = seamless_core::identity!();
+///     type Config = NoConfig;
+///     type State = ();
+///     async fn state(_: &NoConfig, _: &mut Metrics) -> Result<(), BoxError> { Ok(()) }
+///     fn router(_: &Arc<()>, _: &NoConfig) -> Router {
+///         Router::new().route("/", get(|| async { "hello\n" }))
+///     }
+/// }
+///
+/// let runtime = tokio::runtime::Runtime::new()?;
+/// runtime.block_on(async {
+///     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+///     let addr = listener.local_addr()?;
+///     let listeners = vec![Named { name: "http".into(), listener: Listener::Tcp(listener) }];
+///     let loader = Loader::new(&Hello::IDENTITY, Some("/dev/null".into()));
+///     let loaded = loader.load::<NoConfig>()?;
+///     let shared = Arc::new(Shared::new(&Hello::IDENTITY, Metrics::new("hello")));
+///     let reloader = Reloader::<Hello>::new(loader, loaded, Arc::new(()), shared, None);
+///     let (requests_tx, requests_rx) = tokio::sync::mpsc::channel(1);
+///     let upgrades = Upgrades::of_this_process(None);
+///     let serving = tokio::spawn(seamless_core::run(listeners, reloader, requests_rx, upgrades));
+///
+///     let answer = tokio::task::spawn_blocking(move || {
+///         let mut stream = std::net::TcpStream::connect(addr)?;
+///         stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+///         let mut answer = String::new();
+///         stream.read_to_string(&mut answer)?;
+///         std::io::Result::Ok(answer)
+///     })
+///     .await??;
+///     assert!(answer.ends_with("\r\n\r\nhello\n"), "{answer}");
+///
+///     requests_tx.send(Request::Drain).await?;
+///     assert_eq!(serving.await?, Stopped::Drained);
+///     Ok::<_, Box<dyn std::error::Error>>(())
+/// })?;
+/// # Ok::<_, Box<dyn std::error::Error>>(())
+/// ```
 pub async fn run<A: App>(
     listeners: Vec<Named>,
     reloader: Reloader<A>,
