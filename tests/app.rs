@@ -6,10 +6,9 @@ mod support;
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
-use std::process::Command;
 
 use nix::sys::signal::Signal;
-use support::{BIN, PATIENCE, Response, Systemd, get, parse};
+use support::{PATIENCE, Response, Systemd, get, parse};
 
 /// Metric names start with the package name, `-` as `_`.
 fn metric(name: &str) -> String {
@@ -32,14 +31,6 @@ fn echo(addr: SocketAddr, text: &str) -> Response {
     parse(&raw).expect("complete response")
 }
 
-fn reload(systemd: &Systemd, pid: i32) -> std::process::Output {
-    Command::new(BIN)
-        .args(["reload", "--pid", &pid.to_string(), "--timeout", "10s"])
-        .env("RUNTIME_DIRECTORY", systemd.runtime_dir())
-        .output()
-        .expect("run the reload command")
-}
-
 #[tokio::test]
 async fn echo_state_and_metrics_survive_reloads() {
     let systemd = Systemd::new();
@@ -52,7 +43,7 @@ async fn echo_state_and_metrics_survive_reloads() {
 
     // A live key changes; the state built at start is kept.
     systemd.write_config("message = \"two\\n\"\n");
-    let output = reload(&systemd, service.pid);
+    let output = systemd.reload_command(service.pid);
     assert!(output.status.success(), "{output:?}");
     assert_eq!(get(systemd.addr, "/").body, "two\n");
     assert_eq!(echo(systemd.addr, "b").body, r#"{"text":"b","echoes":2}"#);
@@ -81,7 +72,7 @@ async fn restart_only_key_is_reported_and_not_applied() {
     let service = systemd.start_ready().await;
 
     systemd.write_config("[demo]\nhistory = 3\n");
-    let output = reload(&systemd, service.pid);
+    let output = systemd.reload_command(service.pid);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{output:?}");
     assert!(
@@ -98,7 +89,7 @@ async fn restart_only_key_is_reported_and_not_applied() {
     );
 
     systemd.write_config("[demo]\nhistory = 99999\n");
-    let output = reload(&systemd, service.pid);
+    let output = systemd.reload_command(service.pid);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(78), "{output:?}");
     assert!(

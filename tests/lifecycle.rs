@@ -89,7 +89,7 @@ async fn reload_command_returns_once_the_new_config_is_live() {
     let service = systemd.start_ready().await;
     for i in 0..20 {
         systemd.write_config(&format!("message = \"generation {i}\\n\"\n"));
-        let output = reload_command(&systemd, service.pid);
+        let output = systemd.reload_command(service.pid);
         assert!(
             output.status.success(),
             "reload {i}: {output:?}\n{}",
@@ -100,7 +100,7 @@ async fn reload_command_returns_once_the_new_config_is_live() {
     }
 
     systemd.write_config("message = \n");
-    let output = reload_command(&systemd, service.pid);
+    let output = systemd.reload_command(service.pid);
     assert_eq!(output.status.code(), Some(78), "{output:?}");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -112,14 +112,6 @@ async fn reload_command_returns_once_the_new_config_is_live() {
         "generation 19\n",
         "old config still serves"
     );
-}
-
-fn reload_command(systemd: &Systemd, pid: i32) -> std::process::Output {
-    Command::new(BIN)
-        .args(["reload", "--pid", &pid.to_string(), "--timeout", "10s"])
-        .env("RUNTIME_DIRECTORY", systemd.runtime_dir())
-        .output()
-        .expect("run seamless reload")
 }
 
 /// A configuration with `message`, and debug logging from the signal task only: its

@@ -94,6 +94,16 @@ impl Systemd {
         command
     }
 
+    /// `NAME reload --pid PID`, as the unit's `ExecReload=` runs it, reading verdicts from
+    /// this harness's runtime directory.
+    pub fn reload_command(&self, pid: i32) -> std::process::Output {
+        Command::new(BIN)
+            .args(["reload", "--pid", &pid.to_string(), "--timeout", "10s"])
+            .env("RUNTIME_DIRECTORY", self.runtime_dir())
+            .output()
+            .expect("run the reload command")
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("seamless.toml")
     }
