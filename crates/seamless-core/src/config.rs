@@ -151,7 +151,7 @@ pub struct Loaded<C> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
-    /// A `tracing` filter directive such as `info` or `seamless=debug,hyper=warn`.
+    /// A `tracing` filter directive such as `info` or `seamless_core=debug,hyper=warn`.
     /// Changes live on reload.
     pub level: String,
 }
@@ -195,7 +195,7 @@ pub struct ShutdownConfig {
     pub linger: Duration,
 }
 
-/// `[upgrade]`: handing over to a new binary (`SIGUSR2`, `seamless upgrade`).
+/// `[upgrade]`: handing over to a new binary (`SIGUSR2`, `NAME upgrade`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpgradeConfig {

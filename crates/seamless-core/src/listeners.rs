@@ -620,7 +620,7 @@ mod tests {
     fn which_names_serve_http() {
         assert!(serves_http("http"));
         assert!(serves_http("unknown"));
-        assert!(serves_http("seamless.socket"));
+        assert!(serves_http("example.socket"));
         assert!(!serves_http("metrics"));
     }
 

@@ -132,7 +132,7 @@ fn send_nonblocking(socket: &str, message: &[u8]) -> io::Result<()> {
     }
 }
 
-/// `CLOCK_MONOTONIC` in microseconds: the clock systemd and `seamless reload` compare against.
+/// `CLOCK_MONOTONIC` in microseconds: the clock systemd and `NAME reload` compare against.
 pub fn monotonic_usec() -> Option<u64> {
     match NotifyState::monotonic_usec_now() {
         Ok(NotifyState::MonotonicUsec(usec)) => u64::try_from(usec).ok(),

@@ -35,8 +35,9 @@ use tokio::io::AsyncBufReadExt;
 
 use crate::listeners::{LISTEN_FDNAMES, LISTEN_FDS, LISTEN_FDS_START, LISTEN_PID};
 
-/// Names the fd on which a successor reports that it serves.
-pub const READY_FD: &str = "SEAMLESS_UPGRADE_READY_FD";
+/// Names the fd on which a successor reports that it serves. The library's own protocol
+/// between two processes of one binary, so named after the library, not the service.
+pub const READY_FD: &str = "SEAMLESS_CORE_UPGRADE_READY_FD";
 /// `WATCHDOG_PID` names the old process; the successor must ping for itself.
 const WATCHDOG_PID: &str = "WATCHDOG_PID";
 /// Width of the `LISTEN_PID` value, filled in after `fork` without allocating.

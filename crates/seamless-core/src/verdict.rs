@@ -198,11 +198,11 @@ mod tests {
 
     #[test]
     fn verdict_round_trips() {
-        let verdict = Verdict::new(123, false, "seamless.toml: key `x`: unknown\nsecond line");
+        let verdict = Verdict::new(123, false, "example.toml: key `x`: unknown\nsecond line");
         let decoded = Verdict::decode(&verdict.encode()).expect("decodes");
         assert_eq!(
             decoded.message,
-            "seamless.toml: key `x`: unknown second line"
+            "example.toml: key `x`: unknown second line"
         );
         assert_eq!((decoded.started_usec, decoded.ok), (123, false));
         assert_eq!(
