@@ -15,8 +15,9 @@
 #                         e.g. a Debian 13 tree for systemd 257 (repeatable).
 #                         Needs root and overlayfs; DIR is not modified.
 #
+# NAME is the [package] name in Cargo.toml next to this directory.
+#
 # Every check runs; the script exits 1 if any failed. What it checks:
-# NAME is the [package] name in Cargo.toml.
 #   .deb  lintian: no error or warning (overrides need a reason in
 #         packaging/NAME.lintian-overrides).
 #   .rpm  rpmlint: no error (settings and filters in packaging/rpm/rpmlint.toml);
@@ -29,13 +30,22 @@
 #         removal stops it. Purge is checked by reading postrm, not run.
 #   both  the shipped units: `systemd-analyze verify` prints nothing (it exits
 #         0 on unknown keys, so its output is what counts) and
-#         `systemd-analyze security --offline=yes` exposure is at most 0.5.
+#         `systemd-analyze security --offline=yes` exposure is at most 0.5;
+#         with the shipped example drop-in that allows outbound connections
+#         (/usr/share/doc/NAME/examples/outbound.conf) verify still prints
+#         nothing and the exposure is at most 1.5.
+#   both  installation creates the empty drop-in directory /etc/NAME/NAME.d/
+#         (neither cargo-deb nor cargo-generate-rpm can package an empty
+#         directory, so postinst / %post make it; purge / erase remove it).
 #
 # Needs: lintian, rpmlint, rpm (rpm, rpm2cpio), cpio, dpkg-deb, systemd-analyze,
 # man (Documentation=man: is checked against the packaged page).
 set -euo pipefail
 
 readonly MAX_EXPOSURE=0.5
+# With the shipped example drop-in that allows outbound connections (measured
+# 1.2 on systemd 252): the rest of the sandbox must stay.
+readonly MAX_EXPOSURE_OUTBOUND=1.5
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 readonly HERE
 # The service's name: [package] name in the Cargo.toml next to this directory.
@@ -116,12 +126,13 @@ require_tools() {
 
 # --- maintainer script simulation --------------------------------------------
 
-# Stand-ins that only record their arguments. `was-enabled` and friends answer
+# Stand-ins that only record their arguments (mkdir too: postinst creates a
+# directory under /etc). `was-enabled` and friends answer
 # yes, as on a system where the socket is enabled.
 make_stubs() {
 	mkdir -p "$work/stubs" "$work/run-systemd-system"
 	local cmd
-	for cmd in systemctl deb-systemd-invoke deb-systemd-helper; do
+	for cmd in systemctl deb-systemd-invoke deb-systemd-helper mkdir; do
 		# shellcheck disable=SC2016 # $* and $SIM_LOG belong to the stub.
 		printf '#!/bin/sh\necho "%s $*" >>"$SIM_LOG"\n' "$cmd" >"$work/stubs/$cmd"
 		chmod 755 "$work/stubs/$cmd"
@@ -170,6 +181,8 @@ check_deb_scripts() {
 	printf '      fresh install calls:\n'; sim_show
 	expect_call "deb install enables $NAME.socket" "^deb-systemd-helper enable .*$SOCKET_RE|^systemctl .*enable .*$SOCKET_RE"
 	expect_call "deb install starts $NAME.socket" "^(deb-systemd-invoke|systemctl) .*start .*$SOCKET_RE"
+	expect_call "deb install creates the empty drop-in directory /etc/$NAME/$NAME.d" \
+		"^mkdir -p /etc/$NAME/$NAME\\.d\$"
 
 	# dpkg's order for an upgrade: old prerm, new preinst, old postrm, new
 	# postinst. This package's scripts play both the old and the new side.
@@ -209,6 +222,8 @@ check_rpm_scripts() {
 	run_script "$work/rpm-POSTIN" '' 1
 	printf '      fresh install calls:\n'; sim_show
 	expect_call "rpm install presets $NAME.socket" "^systemctl .*preset .*$SOCKET_RE"
+	expect_call "rpm install creates the empty drop-in directory /etc/$NAME/$NAME.d" \
+		"^mkdir -p /etc/$NAME/$NAME\\.d\$"
 
 	# Upgrade: new %post, then the old package's %preun and %postun.
 	sim_begin
@@ -248,22 +263,48 @@ check_units() {
 	else
 		fail "$label: systemd-analyze verify: ${out:-non-zero exit}"
 	fi
-	score_exposure "$label ($(systemd_version systemd-analyze))" \
+	score_exposure "$label ($(systemd_version systemd-analyze))" "$MAX_EXPOSURE" \
 		systemd-analyze security --offline=yes --root="$root" "$NAME.service"
+	check_outbound_example "$pkgdir" "$label" "$root"
 }
 
-# score_exposure LABEL COMMAND...: COMMAND prints systemd-analyze security's table.
+# check_outbound_example PKGDIR LABEL ROOT: the documented drop-in that lets
+# the service connect out, applied as an administrator would (ROOT is
+# check_units' tree): verify stays silent, the exposure stays moderate.
+check_outbound_example() {
+	local pkgdir=$1 label=$2 root=$3 example out dropins
+	example=usr/share/doc/$NAME/examples/outbound.conf
+	if [[ ! -f $pkgdir/$example ]]; then
+		fail "$label does not ship /$example"
+		return
+	fi
+	dropins=$root/etc/systemd/system/$NAME.service.d
+	mkdir -p "$dropins"
+	cp "$pkgdir/$example" "$dropins/outbound.conf"
+	if out=$(MANPATH=$root/usr/share/man systemd-analyze verify --root="$root" \
+		"${UNITS[@]/#/$root/usr/lib/systemd/system/}" 2>&1) && [[ -z $out ]]; then
+		ok "$label + /$example: systemd-analyze verify is silent"
+	else
+		fail "$label + /$example: systemd-analyze verify: ${out:-non-zero exit}"
+	fi
+	score_exposure "$label + outbound.conf ($(systemd_version systemd-analyze))" "$MAX_EXPOSURE_OUTBOUND" \
+		systemd-analyze security --offline=yes --root="$root" "$NAME.service"
+	rm -rf "$dropins"
+}
+
+# score_exposure LABEL MAX COMMAND...: COMMAND prints systemd-analyze
+# security's table; the overall exposure must be at most MAX.
 score_exposure() {
-	local label=$1 out score
-	shift
+	local label=$1 max=$2 out score
+	shift 2
 	out=$("$@" 2>&1) || true
 	score=$(sed -n "s/.*Overall exposure level for $SERVICE_RE: \([0-9.]*\).*/\1/p" <<<"$out")
 	if [[ -z $score ]]; then
 		fail "$label: no exposure level in: $(tail -n 3 <<<"$out" | tr '\n' ' ')"
-	elif awk -v s="$score" -v max="$MAX_EXPOSURE" 'BEGIN { exit !(s <= max) }'; then
-		ok "$label: exposure $score (at most $MAX_EXPOSURE)"
+	elif awk -v s="$score" -v max="$max" 'BEGIN { exit !(s <= max) }'; then
+		ok "$label: exposure $score (at most $max)"
 	else
-		fail "$label: exposure $score above $MAX_EXPOSURE; the weak points:"
+		fail "$label: exposure $score above $max; the weak points:"
 		grep '✗' <<<"$out" | indent || true
 	fi
 }
@@ -289,8 +330,21 @@ check_units_in_root() {
 	else
 		fail "$dir: systemd-analyze verify ($version): ${out:-non-zero exit}"
 	fi
-	score_exposure "$dir ($version)" \
+	score_exposure "$dir ($version)" "$MAX_EXPOSURE" \
 		chroot "$ovl/root" systemd-analyze security --offline=yes "/usr/lib/systemd/system/$NAME.service"
+	local example=usr/share/doc/$NAME/examples/outbound.conf
+	if [[ -f $pkgdir/$example ]]; then
+		mkdir -p "$ovl/root/etc/systemd/system/$NAME.service.d"
+		cp "$pkgdir/$example" "$ovl/root/etc/systemd/system/$NAME.service.d/"
+		if out=$(chroot "$ovl/root" systemd-analyze verify --man=no \
+			"${UNITS[@]/#//usr/lib/systemd/system/}" 2>&1) && [[ -z $out ]]; then
+			ok "$dir + /$example: systemd-analyze verify ($version) is silent"
+		else
+			fail "$dir + /$example: systemd-analyze verify ($version): ${out:-non-zero exit}"
+		fi
+		score_exposure "$dir + outbound.conf ($version)" "$MAX_EXPOSURE_OUTBOUND" \
+			chroot "$ovl/root" systemd-analyze security --offline=yes "$NAME.service"
+	fi
 	umount "$ovl/root"
 	mounts=("${mounts[@]:1}")
 }
