@@ -676,7 +676,7 @@ run_dist() {
 	done
 	"$REPO/tests/e2e/rootfs.sh" "$DIST" >"$DIR/rootfs.log" 2>&1 ||
 		{ fail "root filesystem for $DIST" "$(tail -n 20 "$DIR/rootfs.log")"; return 0; }
-	if ! e2e_boot "$CT" "$MACHINES_DIR/seamless-$DIST" 2>"$DIR/boot.log"; then
+	if ! e2e_boot "$CT" "$MACHINES_DIR/e2e-$DIST" 2>"$DIR/boot.log"; then
 		fail "boot $DIST" "$(cat "$DIR/boot.log")"
 		return 0
 	fi

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Lints the built seamless packages. It builds nothing.
+# Lints the built packages of the service NAME. It builds nothing.
 #
 # Build them first, from the repository root:
 #   cargo install --locked cargo-deb cargo-generate-rpm   # once
-#   cargo deb            # release build, then target/debian/seamless_*.deb
-#   cargo generate-rpm   # packages that same target/release/seamless
+#   cargo deb            # release build, then target/debian/NAME_*.deb
+#   cargo generate-rpm   # packages that same target/release/NAME
 # and check them:
 #   packaging/check.sh --deb target/debian/*.deb --rpm target/generate-rpm/*.rpm
 #
@@ -15,29 +15,46 @@
 #                         e.g. a Debian 13 tree for systemd 257 (repeatable).
 #                         Needs root and overlayfs; DIR is not modified.
 #
+# NAME is the [package] name in Cargo.toml next to this directory.
+#
 # Every check runs; the script exits 1 if any failed. What it checks:
 #   .deb  lintian: no error or warning (overrides need a reason in
-#         packaging/seamless.lintian-overrides).
+#         packaging/NAME.lintian-overrides).
 #   .rpm  rpmlint: no error (settings and filters in packaging/rpm/rpmlint.toml);
-#         /etc/seamless/seamless.toml is %config(noreplace).
+#         /etc/NAME/NAME.toml is %config(noreplace).
 #   both  maintainer scripts / scriptlets, run against recording stand-ins for
 #         systemctl, deb-systemd-invoke and deb-systemd-helper through install,
-#         upgrade and removal: an upgrade restarts seamless.service and never
-#         stops or restarts seamless.socket (that would close the listening
+#         upgrade and removal: an upgrade restarts NAME.service and never
+#         stops or restarts NAME.socket (that would close the listening
 #         socket and reset queued connections); install enables the socket;
 #         removal stops it. Purge is checked by reading postrm, not run.
 #   both  the shipped units: `systemd-analyze verify` prints nothing (it exits
 #         0 on unknown keys, so its output is what counts) and
-#         `systemd-analyze security --offline=yes` exposure is at most 0.5.
+#         `systemd-analyze security --offline=yes` exposure is at most 0.5;
+#         with the shipped example drop-in that allows outbound connections
+#         (/usr/share/doc/NAME/examples/outbound.conf) verify still prints
+#         nothing and the exposure is at most 1.5.
+#   both  installation creates the empty drop-in directory /etc/NAME/NAME.d/
+#         (neither cargo-deb nor cargo-generate-rpm can package an empty
+#         directory, so postinst / %post make it; purge / erase remove it).
 #
 # Needs: lintian, rpmlint, rpm (rpm, rpm2cpio), cpio, dpkg-deb, systemd-analyze,
 # man (Documentation=man: is checked against the packaged page).
 set -euo pipefail
 
 readonly MAX_EXPOSURE=0.5
+# With the shipped example drop-in that allows outbound connections (measured
+# 1.2 on systemd 252): the rest of the sandbox must stay.
+readonly MAX_EXPOSURE_OUTBOUND=1.5
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 readonly HERE
-readonly UNITS=(seamless.socket seamless.service)
+# The service's name: [package] name in the Cargo.toml next to this directory.
+NAME=$(sed -n '/^\[package\]/,/^\[/s/^name = "\(.*\)"/\1/p' "$HERE/../Cargo.toml")
+readonly NAME
+[[ -n $NAME ]] || { echo "no [package] name in $HERE/../Cargo.toml" >&2; exit 2; }
+# Regular expressions matching the unit names.
+readonly SOCKET_RE="$NAME\\.socket" SERVICE_RE="$NAME\\.service"
+readonly UNITS=("$NAME.socket" "$NAME.service")
 # Actions that, applied to the socket during an upgrade, close it.
 readonly SOCKET_BREAKING='(stop|restart|try-restart|reload-or-restart|try-reload-or-restart|condrestart|force-reload|kill|disable|mask|reenable)'
 
@@ -109,12 +126,13 @@ require_tools() {
 
 # --- maintainer script simulation --------------------------------------------
 
-# Stand-ins that only record their arguments. `was-enabled` and friends answer
+# Stand-ins that only record their arguments (mkdir too: postinst creates a
+# directory under /etc). `was-enabled` and friends answer
 # yes, as on a system where the socket is enabled.
 make_stubs() {
 	mkdir -p "$work/stubs" "$work/run-systemd-system"
 	local cmd
-	for cmd in systemctl deb-systemd-invoke deb-systemd-helper; do
+	for cmd in systemctl deb-systemd-invoke deb-systemd-helper mkdir; do
 		# shellcheck disable=SC2016 # $* and $SIM_LOG belong to the stub.
 		printf '#!/bin/sh\necho "%s $*" >>"$SIM_LOG"\n' "$cmd" >"$work/stubs/$cmd"
 		chmod 755 "$work/stubs/$cmd"
@@ -147,7 +165,7 @@ expect_call() {
 
 expect_no_socket_breakage() {
 	local what=$1 bad
-	bad=$(grep -E -- "(^| )$SOCKET_BREAKING( .*)? '?seamless\.socket" "$work/sim.log" || true)
+	bad=$(grep -E -- "(^| )$SOCKET_BREAKING( .*)? '?$SOCKET_RE" "$work/sim.log" || true)
 	if [[ -z $bad ]]; then ok "$what"; else fail "$what: $bad"; fi
 }
 
@@ -161,8 +179,10 @@ check_deb_scripts() {
 	run_script "$ctl/preinst" -e install
 	run_script "$ctl/postinst" -e configure
 	printf '      fresh install calls:\n'; sim_show
-	expect_call "deb install enables seamless.socket" '^deb-systemd-helper enable .*seamless\.socket|^systemctl .*enable .*seamless\.socket'
-	expect_call "deb install starts seamless.socket" '^(deb-systemd-invoke|systemctl) .*start .*seamless\.socket'
+	expect_call "deb install enables $NAME.socket" "^deb-systemd-helper enable .*$SOCKET_RE|^systemctl .*enable .*$SOCKET_RE"
+	expect_call "deb install starts $NAME.socket" "^(deb-systemd-invoke|systemctl) .*start .*$SOCKET_RE"
+	expect_call "deb install creates the empty drop-in directory /etc/$NAME/$NAME.d" \
+		"^mkdir -p /etc/$NAME/$NAME\\.d\$"
 
 	# dpkg's order for an upgrade: old prerm, new preinst, old postrm, new
 	# postinst. This package's scripts play both the old and the new side.
@@ -172,20 +192,20 @@ check_deb_scripts() {
 	run_script "$ctl/postrm" -e upgrade "$old_version"
 	run_script "$ctl/postinst" -e configure "$old_version"
 	printf '      upgrade calls:\n'; sim_show
-	expect_no_socket_breakage "deb upgrade leaves seamless.socket open"
-	expect_call "deb upgrade restarts seamless.service" '^(deb-systemd-invoke|systemctl) .*(restart|try-restart) .*seamless\.service'
+	expect_no_socket_breakage "deb upgrade leaves $NAME.socket open"
+	expect_call "deb upgrade restarts $NAME.service" "^(deb-systemd-invoke|systemctl) .*(restart|try-restart) .*$SERVICE_RE"
 
 	sim_begin
 	run_script "$ctl/prerm" -e remove
 	run_script "$ctl/postrm" -e remove
 	printf '      removal calls:\n'; sim_show
-	expect_call "deb removal stops seamless.socket" '^(deb-systemd-invoke|systemctl) .*stop .*seamless\.socket'
+	expect_call "deb removal stops $NAME.socket" "^(deb-systemd-invoke|systemctl) .*stop .*$SOCKET_RE"
 
 	# Purge deletes files, so it is read rather than run.
-	if grep -Eq 'deb-systemd-helper purge .*seamless\.socket' "$ctl/postrm" 2>/dev/null; then
-		ok "deb purge drops seamless.socket's enablement state"
+	if grep -Eq "deb-systemd-helper purge .*$SOCKET_RE" "$ctl/postrm" 2>/dev/null; then
+		ok "deb purge drops $NAME.socket's enablement state"
 	else
-		fail "deb postrm does not run 'deb-systemd-helper purge seamless.socket'"
+		fail "deb postrm does not run 'deb-systemd-helper purge $NAME.socket'"
 	fi
 }
 
@@ -201,7 +221,9 @@ check_rpm_scripts() {
 	sim_begin
 	run_script "$work/rpm-POSTIN" '' 1
 	printf '      fresh install calls:\n'; sim_show
-	expect_call "rpm install presets seamless.socket" '^systemctl .*preset .*seamless\.socket'
+	expect_call "rpm install presets $NAME.socket" "^systemctl .*preset .*$SOCKET_RE"
+	expect_call "rpm install creates the empty drop-in directory /etc/$NAME/$NAME.d" \
+		"^mkdir -p /etc/$NAME/$NAME\\.d\$"
 
 	# Upgrade: new %post, then the old package's %preun and %postun.
 	sim_begin
@@ -209,14 +231,14 @@ check_rpm_scripts() {
 	run_script "$work/rpm-PREUN" '' 1
 	run_script "$work/rpm-POSTUN" '' 1
 	printf '      upgrade calls:\n'; sim_show
-	expect_no_socket_breakage "rpm upgrade leaves seamless.socket open"
-	expect_call "rpm upgrade restarts seamless.service" '^systemctl .*(restart|try-restart) .*seamless\.service'
+	expect_no_socket_breakage "rpm upgrade leaves $NAME.socket open"
+	expect_call "rpm upgrade restarts $NAME.service" "^systemctl .*(restart|try-restart) .*$SERVICE_RE"
 
 	sim_begin
 	run_script "$work/rpm-PREUN" '' 0
 	run_script "$work/rpm-POSTUN" '' 0
 	printf '      erase calls:\n'; sim_show
-	expect_call "rpm erase stops seamless.socket" '^systemctl .*(stop|disable --now) .*seamless\.socket'
+	expect_call "rpm erase stops $NAME.socket" "^systemctl .*(stop|disable --now) .*$SOCKET_RE"
 }
 
 # --- units -------------------------------------------------------------------
@@ -234,29 +256,55 @@ check_units() {
 	# verify resolves dependencies such as sockets.target inside --root, so
 	# the host's units are put beside the packaged ones (never over them).
 	cp -a --no-clobber /usr/lib/systemd/system/. "$root/usr/lib/systemd/system/" 2>/dev/null || true
-	# Documentation=man:seamless(1) must resolve to the packaged page.
+	# Documentation=man:NAME(1) must resolve to the packaged page.
 	if out=$(MANPATH=$root/usr/share/man systemd-analyze verify --root="$root" \
 		"${UNITS[@]/#/$root/usr/lib/systemd/system/}" 2>&1) && [[ -z $out ]]; then
 		ok "$label: systemd-analyze verify ($(systemd_version systemd-analyze)) is silent"
 	else
 		fail "$label: systemd-analyze verify: ${out:-non-zero exit}"
 	fi
-	score_exposure "$label ($(systemd_version systemd-analyze))" \
-		systemd-analyze security --offline=yes --root="$root" seamless.service
+	score_exposure "$label ($(systemd_version systemd-analyze))" "$MAX_EXPOSURE" \
+		systemd-analyze security --offline=yes --root="$root" "$NAME.service"
+	check_outbound_example "$pkgdir" "$label" "$root"
 }
 
-# score_exposure LABEL COMMAND...: COMMAND prints systemd-analyze security's table.
+# check_outbound_example PKGDIR LABEL ROOT: the documented drop-in that lets
+# the service connect out, applied as an administrator would (ROOT is
+# check_units' tree): verify stays silent, the exposure stays moderate.
+check_outbound_example() {
+	local pkgdir=$1 label=$2 root=$3 example out dropins
+	example=usr/share/doc/$NAME/examples/outbound.conf
+	if [[ ! -f $pkgdir/$example ]]; then
+		fail "$label does not ship /$example"
+		return
+	fi
+	dropins=$root/etc/systemd/system/$NAME.service.d
+	mkdir -p "$dropins"
+	cp "$pkgdir/$example" "$dropins/outbound.conf"
+	if out=$(MANPATH=$root/usr/share/man systemd-analyze verify --root="$root" \
+		"${UNITS[@]/#/$root/usr/lib/systemd/system/}" 2>&1) && [[ -z $out ]]; then
+		ok "$label + /$example: systemd-analyze verify is silent"
+	else
+		fail "$label + /$example: systemd-analyze verify: ${out:-non-zero exit}"
+	fi
+	score_exposure "$label + outbound.conf ($(systemd_version systemd-analyze))" "$MAX_EXPOSURE_OUTBOUND" \
+		systemd-analyze security --offline=yes --root="$root" "$NAME.service"
+	rm -rf "$dropins"
+}
+
+# score_exposure LABEL MAX COMMAND...: COMMAND prints systemd-analyze
+# security's table; the overall exposure must be at most MAX.
 score_exposure() {
-	local label=$1 out score
-	shift
+	local label=$1 max=$2 out score
+	shift 2
 	out=$("$@" 2>&1) || true
-	score=$(sed -n 's/.*Overall exposure level for seamless\.service: \([0-9.]*\).*/\1/p' <<<"$out")
+	score=$(sed -n "s/.*Overall exposure level for $SERVICE_RE: \([0-9.]*\).*/\1/p" <<<"$out")
 	if [[ -z $score ]]; then
 		fail "$label: no exposure level in: $(tail -n 3 <<<"$out" | tr '\n' ' ')"
-	elif awk -v s="$score" -v max="$MAX_EXPOSURE" 'BEGIN { exit !(s <= max) }'; then
-		ok "$label: exposure $score (at most $MAX_EXPOSURE)"
+	elif awk -v s="$score" -v max="$max" 'BEGIN { exit !(s <= max) }'; then
+		ok "$label: exposure $score (at most $max)"
 	else
-		fail "$label: exposure $score above $MAX_EXPOSURE; the weak points:"
+		fail "$label: exposure $score above $max; the weak points:"
 		grep '✗' <<<"$out" | indent || true
 	fi
 }
@@ -282,8 +330,21 @@ check_units_in_root() {
 	else
 		fail "$dir: systemd-analyze verify ($version): ${out:-non-zero exit}"
 	fi
-	score_exposure "$dir ($version)" \
-		chroot "$ovl/root" systemd-analyze security --offline=yes /usr/lib/systemd/system/seamless.service
+	score_exposure "$dir ($version)" "$MAX_EXPOSURE" \
+		chroot "$ovl/root" systemd-analyze security --offline=yes "/usr/lib/systemd/system/$NAME.service"
+	local example=usr/share/doc/$NAME/examples/outbound.conf
+	if [[ -f $pkgdir/$example ]]; then
+		mkdir -p "$ovl/root/etc/systemd/system/$NAME.service.d"
+		cp "$pkgdir/$example" "$ovl/root/etc/systemd/system/$NAME.service.d/"
+		if out=$(chroot "$ovl/root" systemd-analyze verify --man=no \
+			"${UNITS[@]/#//usr/lib/systemd/system/}" 2>&1) && [[ -z $out ]]; then
+			ok "$dir + /$example: systemd-analyze verify ($version) is silent"
+		else
+			fail "$dir + /$example: systemd-analyze verify ($version): ${out:-non-zero exit}"
+		fi
+		score_exposure "$dir + outbound.conf ($version)" "$MAX_EXPOSURE_OUTBOUND" \
+			chroot "$ovl/root" systemd-analyze security --offline=yes "$NAME.service"
+	fi
 	umount "$ovl/root"
 	mounts=("${mounts[@]:1}")
 }
@@ -327,11 +388,11 @@ check_rpm() {
 	fi
 
 	flags=$(rpm -qp --qf '[%{FILEFLAGS:fflags} %{FILENAMES}\n]' "$rpm_file" |
-		sed -n 's#^\([a-z]*\) /etc/seamless/seamless\.toml$#\1#p')
+		sed -n "s#^\\([a-z]*\\) /etc/$NAME/$NAME\\.toml\$#\\1#p")
 	if [[ $flags == *c* && $flags == *n* ]]; then
-		ok "rpm: /etc/seamless/seamless.toml is %config(noreplace)"
+		ok "rpm: /etc/$NAME/$NAME.toml is %config(noreplace)"
 	else
-		fail "rpm: /etc/seamless/seamless.toml is not %config(noreplace) (flags: '${flags:-missing}')"
+		fail "rpm: /etc/$NAME/$NAME.toml is not %config(noreplace) (flags: '${flags:-missing}')"
 	fi
 
 	check_rpm_scripts "$rpm_file"

@@ -34,7 +34,10 @@
 #   --volatile=overlay         the cached tree stays pristine: every write goes
 #                              to a tmpfs that disappears with the container.
 
-E2E_STATE_DIR=${E2E_STATE_DIR:-/run/seamless-e2e}
+# Not named after the service: every project made from this template shares
+# it, so their suites (all on port 8080 of the shared network) wait for each
+# other on its run.lock.
+E2E_STATE_DIR=${E2E_STATE_DIR:-/run/nspawn-e2e}
 E2E_BOOT_TIMEOUT=${E2E_BOOT_TIMEOUT:-120}
 E2E_SHUTDOWN_TIMEOUT=${E2E_SHUTDOWN_TIMEOUT:-30}
 # Where the container's console output goes; run.sh points this at e2e-logs/.
@@ -107,13 +110,13 @@ _e2e_cgroup_hierarchies() {
 }
 
 # Run in the subshell that becomes nspawn: move it into a fresh cgroup
-# "seamless-e2e-NAME" below its current one in every relevant hierarchy, and
+# "e2e-NAME" below its current one in every relevant hierarchy, and
 # record the directories so that e2e_shutdown can remove them.
 _e2e_enter_own_cgroup() {
 	local name=$1 state=$2 mnt own dir
 	: >"$state/cgroups"
 	while read -r mnt own; do
-		dir=${mnt}${own%/}/seamless-e2e-$name
+		dir=${mnt}${own%/}/e2e-$name
 		_e2e_remove_cgroup_tree "$dir"
 		mkdir -p "$dir"
 		printf '%s\n' "$BASHPID" >"$dir/cgroup.procs"

@@ -2,8 +2,11 @@
 # Build (once) the cached Debian root filesystems the end-to-end suite boots
 # with systemd-nspawn:
 #
-#   /var/lib/machines/seamless-bookworm   Debian 12, systemd 252
-#   /var/lib/machines/seamless-trixie     Debian 13, systemd 257 (+ rpm)
+#   /var/lib/machines/e2e-bookworm   Debian 12, systemd 252
+#   /var/lib/machines/e2e-trixie     Debian 13, systemd 257 (+ rpm)
+#
+# Nothing in them is specific to one service, so every project made from this
+# template shares them (and the lock that guards building them).
 #
 # Usage: tests/e2e/rootfs.sh [bookworm|trixie|all]   (default: all)
 #
@@ -20,7 +23,7 @@ set -euo pipefail
 
 readonly MACHINES_DIR=${E2E_MACHINES_DIR:-/var/lib/machines}
 readonly MIRROR=${E2E_MIRROR:-http://deb.debian.org/debian}
-readonly STAMP_FILE=.seamless-e2e-stamp
+readonly STAMP_FILE=.e2e-stamp
 
 # What every tree needs: an init (systemd-sysv), D-Bus for systemctl/busctl,
 # curl for requests from inside, procps/iproute2 (ps, ss) for diagnostics.
@@ -57,7 +60,7 @@ ensure_host_tools() {
 configure_rootfs() {
 	local dir=$1 suite=$2
 
-	printf 'seamless-%s\n' "$suite" >"$dir/etc/hostname"
+	printf 'e2e-%s\n' "$suite" >"$dir/etc/hostname"
 
 	# Password-less root: the console is never attached, commands reach the
 	# container through nsenter, but a local login must not be a puzzle when
@@ -83,13 +86,14 @@ configure_rootfs() {
 
 	# Journal in memory only: the tree is booted with --volatile=overlay, so
 	# nothing written survives a boot anyway. (File names here avoid the word
-	# "seamless": the purge test looks for anything of that name under /etc.)
+	# the service's name: the purge test looks for anything of that name under
+	# /etc.)
 	mkdir -p "$dir/etc/systemd/journald.conf.d"
 	printf '[Journal]\nStorage=volatile\nRateLimitBurst=0\n' \
 		>"$dir/etc/systemd/journald.conf.d/50-e2e-volatile.conf"
 
 	# dpkg must never stop to ask about a changed conffile: the tests edit
-	# /etc/seamless and then upgrade the package.
+	# /etc/NAME and then upgrade the package.
 	printf 'force-confdef\nforce-confold\n' >"$dir/etc/dpkg/dpkg.cfg.d/50-e2e-conffiles"
 
 	chroot "$dir" apt-get clean
@@ -123,7 +127,7 @@ remove_tree() {
 
 build_rootfs() {
 	local suite=$1
-	local final=$MACHINES_DIR/seamless-$suite
+	local final=$MACHINES_DIR/e2e-$suite
 	local stamp
 	stamp=$(stamp_for "$suite")
 
@@ -132,7 +136,7 @@ build_rootfs() {
 		return 0
 	fi
 
-	local tmp=$MACHINES_DIR/.seamless-$suite.build.$$
+	local tmp=$MACHINES_DIR/.e2e-$suite.build.$$
 	# The EXIT trap covers failures and interrupts alike.
 	BUILD_DIRS+=("$tmp")
 	remove_tree "$tmp"
@@ -151,7 +155,7 @@ build_rootfs() {
 
 	# Swap in the new tree; the old one (if any) is deleted only afterwards so
 	# the cache is never missing for longer than two renames.
-	local old=$MACHINES_DIR/.seamless-$suite.old.$$
+	local old=$MACHINES_DIR/.e2e-$suite.old.$$
 	if [[ -e $final ]]; then
 		mv -T "$final" "$old"
 		BUILD_DIRS+=("$old")
@@ -183,8 +187,8 @@ main() {
 
 	# Concurrent runs (two CI jobs, a developer and a job) would otherwise
 	# build the same tree twice and race on the final rename.
-	exec {lock_fd}>"$MACHINES_DIR/.seamless-e2e.lock"
-	flock -w 1800 "$lock_fd" || die "timed out waiting for $MACHINES_DIR/.seamless-e2e.lock"
+	exec {lock_fd}>"$MACHINES_DIR/.e2e-rootfs.lock"
+	flock -w 1800 "$lock_fd" || die "timed out waiting for $MACHINES_DIR/.e2e-rootfs.lock"
 
 	BUILD_DIRS=()
 	trap cleanup_build_dirs EXIT

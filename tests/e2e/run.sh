@@ -9,7 +9,7 @@
 # Usage:
 #   tests/e2e/run.sh --deb PATH [--deb-upgrade PATH] [--rpm PATH]
 #                    [--loadgen PATH] [--stall-binary PATH]
-#                    [--dist bookworm|trixie|all]
+#                    [--dist bookworm|trixie|all] [--core]
 #
 #   --deb          the package under test (cargo deb → target/debian/*.deb)
 #   --deb-upgrade  the package to upgrade to; by default the --deb package
@@ -24,6 +24,11 @@
 #                  watchdog restarts a hung service; skipped when not given
 #   --dist         default all; distributions run one after the other since
 #                  both containers share the host network and port 8080
+#   --core         only the core scenarios: install, socket activation,
+#                  synchronous and failing reloads, restarts under load,
+#                  package upgrade, binary upgrade, purge (no journal fields,
+#                  failed binary upgrade, SIGHUP storm, crash, watchdog, stop
+#                  or rpm)
 #
 # Environment: E2E_PORT (default 8080, the packaged socket's) when 8080 is
 # taken on this host; E2E_SUITE_TIMEOUT, E2E_CMD_TIMEOUT (seconds).
@@ -36,6 +41,13 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
+# The service's name, [package] name in Cargo.toml: the package, the binary
+# and the units are named after it.
+NAME=$(sed -n '/^\[package\]/,/^\[/s/^name = "\(.*\)"/\1/p' "$REPO/Cargo.toml")
+[[ -n $NAME ]] || { echo "run.sh: no [package] name in $REPO/Cargo.toml" >&2; exit 2; }
+readonly NAME SERVICE=$NAME.service SOCKET=$NAME.socket
+# The kernel keeps the first 15 bytes of a process name (journal field _COMM).
+readonly COMM=${NAME:0:15}
 # shellcheck source=lib.sh
 source "$HERE/lib.sh"
 # shellcheck source=scenarios.sh
@@ -46,13 +58,13 @@ source "$HERE/scenarios.sh"
 # 8080 on this host, which the containers share.
 readonly PACKAGED_PORT=8080
 readonly ADDR=127.0.0.1:${E2E_PORT:-$PACKAGED_PORT}
-readonly PORT_DROPIN=/etc/systemd/system/seamless.socket.d/e2e-port.conf
+readonly PORT_DROPIN=/etc/systemd/system/$SOCKET.d/e2e-port.conf
 readonly MACHINES_DIR=${E2E_MACHINES_DIR:-/var/lib/machines}
 readonly LOG_ROOT=$REPO/e2e-logs
 # Upper bound for any single command run inside a container.
 readonly CMD_TIMEOUT=${E2E_CMD_TIMEOUT:-90}
 
-DEB='' DEB_UPGRADE='' RPM='' LOADGEN='' STALL_BIN='' DISTS=()
+DEB='' DEB_UPGRADE='' RPM='' LOADGEN='' STALL_BIN='' DISTS=() CORE=0
 # The whole run is bounded: past this many seconds it is aborted (and
 # reported as a failure) even if some step hangs in a way no timeout caught.
 readonly SUITE_TIMEOUT=${E2E_SUITE_TIMEOUT:-1200}
@@ -81,6 +93,7 @@ parse_args() {
 		--loadgen) LOADGEN=${2:?}; shift 2 ;;
 		--stall-binary) STALL_BIN=${2:?}; shift 2 ;;
 		--dist) dist=${2:?}; shift 2 ;;
+		--core) CORE=1; shift ;;
 		-h | --help) usage ;;
 		*) die "unknown argument: $1 (see --help)" ;;
 		esac
@@ -143,9 +156,9 @@ snapshot_failure() {
 	file=$LOG_DIR/failure-$n-$(printf '%s' "$desc" | tr -cs 'A-Za-z0-9' '-' | cut -c1-60).log
 	{
 		printf '# %s: %s\n\n' "$DIST" "$desc"
-		in_ct systemctl status --no-pager --full seamless.socket seamless.service 2>&1 || true
+		in_ct systemctl status --no-pager --full "$SOCKET" "$SERVICE" 2>&1 || true
 		printf '\n# journal\n'
-		in_ct journalctl --no-pager -o short-monotonic -u seamless.socket -u seamless.service 2>&1 || true
+		in_ct journalctl --no-pager -o short-monotonic -u "$SOCKET" -u "$SERVICE" 2>&1 || true
 	} >"$file" 2>&1
 	printf '#   log: %s\n' "${file#"$REPO"/}"
 }
@@ -284,7 +297,7 @@ run_scenario() {
 
 run_dist() {
 	DIST=$1
-	CT=seamless-e2e-$DIST
+	CT=$NAME-e2e-$DIST
 	LOG_DIR=$LOG_ROOT/$DIST
 	rm -rf "$LOG_DIR"
 	mkdir -p "$LOG_DIR"
@@ -300,7 +313,7 @@ run_dist() {
 			"(E2E_PORT=N runs the suite on another port)"
 		return 0
 	fi
-	if ! e2e_boot "$CT" "$MACHINES_DIR/seamless-$DIST" 2>"$LOG_DIR/boot.log"; then
+	if ! e2e_boot "$CT" "$MACHINES_DIR/e2e-$DIST" 2>"$LOG_DIR/boot.log"; then
 		CT='' fail "boot $DIST with systemd as PID 1" "$(cat "$LOG_DIR/boot.log")"
 		return 0
 	fi
@@ -309,7 +322,15 @@ run_dist() {
 	local failed_before
 	failed_before=$(grep -c '^FAIL' "$RESULTS" || true)
 	run_scenario scenario_install
-	if (($(grep -c '^FAIL' "$RESULTS" || true) == failed_before)); then
+	if (($(grep -c '^FAIL' "$RESULTS" || true) != failed_before)); then
+		printf '# %s: package not installed, remaining scenarios skipped\n' "$DIST"
+	elif ((CORE)); then
+		local fn
+		for fn in scenario_socket_activation scenario_reload scenario_restart_under_load \
+			scenario_upgrade_under_load scenario_binary_upgrade_under_load scenario_purge; do
+			run_scenario "$fn"
+		done
+	else
 		local fn
 		for fn in scenario_socket_activation scenario_journal_fields scenario_reload \
 			scenario_restart_under_load scenario_upgrade_under_load \
@@ -332,8 +353,6 @@ run_dist() {
 				printf '# %s: rpm scenario skipped (no --rpm given)\n' "$DIST"
 			fi
 		fi
-	else
-		printf '# %s: package not installed, remaining scenarios skipped\n' "$DIST"
 	fi
 
 	in_ct journalctl --no-pager -o short-monotonic >"$LOG_DIR/journal.txt" 2>&1 || true

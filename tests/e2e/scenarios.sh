@@ -5,7 +5,9 @@
 # service started by the socket scenario is the one reloaded, restarted,
 # upgraded, killed, stopped and finally purged.
 
-readonly CONFIG=/etc/seamless/seamless.toml
+# NAME (the package, binary and unit name), SERVICE, SOCKET and COMM come from
+# run.sh, which reads NAME from Cargo.toml.
+readonly CONFIG=/etc/$NAME/$NAME.toml
 
 # --- predicates: stdout/stderr become the diagnostic of a failed check --------
 
@@ -112,33 +114,33 @@ without_port_dropin() {
 # --- scenarios ---------------------------------------------------------------
 
 scenario_install() {
-	e2e_copy_in "$CT" "$DEB" /root/seamless.deb
-	e2e_copy_in "$CT" "$DEB_UPGRADE" /root/seamless-upgrade.deb
+	e2e_copy_in "$CT" "$DEB" "/root/$NAME.deb"
+	e2e_copy_in "$CT" "$DEB_UPGRADE" "/root/$NAME-upgrade.deb"
 	if [[ ${ADDR##*:} != "$PACKAGED_PORT" ]]; then
 		put_file "$PORT_DROPIN" "[Socket]"$'\n'"ListenStream="$'\n'"ListenStream=$ADDR"$'\n'
-		printf '# %s: seamless.socket moved to %s by %s\n' "$DIST" "$ADDR" "$PORT_DROPIN"
+		printf '# %s: %s moved to %s by %s\n' "$DIST" "$SOCKET" "$ADDR" "$PORT_DROPIN"
 	fi
 	local out
-	if out=$(in_ct dpkg -i /root/seamless.deb 2>&1); then
+	if out=$(in_ct dpkg -i "/root/$NAME.deb" 2>&1); then
 		pass "dpkg -i $(basename "$DEB")"
 	else
 		fail "dpkg -i $(basename "$DEB")" "$out"
 		return 0
 	fi
-	check "seamless --version runs ($(in_ct seamless --version 2>&1 | head -n1))" \
-		in_ct seamless --version
+	check "$NAME --version runs ($(in_ct "$NAME" --version 2>&1 | head -n1))" \
+		in_ct "$NAME" --version
 }
 
 # The socket listens before the service runs; the first request starts it.
 scenario_socket_activation() {
-	check "seamless.socket is enabled by the package" \
-		expect_eq "is-enabled" enabled "$(in_ct systemctl is-enabled seamless.socket || true)"
-	check "seamless.socket is active after installation" \
-		expect_eq "socket ActiveState" active "$(unit_prop seamless.socket ActiveState)"
+	check "$SOCKET is enabled by the package" \
+		expect_eq "is-enabled" enabled "$(in_ct systemctl is-enabled "$SOCKET" || true)"
+	check "$SOCKET is active after installation" \
+		expect_eq "socket ActiveState" active "$(unit_prop "$SOCKET" ActiveState)"
 	check "systemd (PID 1) holds the listening socket $ADDR" \
 		expect_match "listening sockets" '"systemd",pid=1,' "$(in_ct ss -Hltnp "sport = :${ADDR##*:}")"
-	check "seamless.service is not running before the first request" \
-		expect_eq "service ActiveState" inactive "$(unit_prop seamless.service ActiveState)"
+	check "$SERVICE is not running before the first request" \
+		expect_eq "service ActiveState" inactive "$(unit_prop "$SERVICE" ActiveState)"
 
 	local body
 	if body=$(http_get / 2>&1); then
@@ -146,25 +148,25 @@ scenario_socket_activation() {
 	else
 		fail "first request is answered" "$body"
 	fi
-	check "the first request started seamless.service" \
-		expect_eq "service ActiveState" active "$(unit_prop seamless.service ActiveState)"
-	check "seamless.service was triggered by seamless.socket" \
-		expect_match "TriggeredBy" 'seamless\.socket' "$(unit_prop seamless.service TriggeredBy)"
+	check "the first request started $SERVICE" \
+		expect_eq "service ActiveState" active "$(unit_prop "$SERVICE" ActiveState)"
+	check "$SERVICE was triggered by $SOCKET" \
+		expect_match "TriggeredBy" "$NAME\.socket" "$(unit_prop "$SERVICE" TriggeredBy)"
 	check "service started after the socket was listening" \
-		test "$(unit_prop seamless.service ExecMainStartTimestampMonotonic)" -gt \
-		"$(unit_prop seamless.socket ActiveEnterTimestampMonotonic)"
+		test "$(unit_prop "$SERVICE" ExecMainStartTimestampMonotonic)" -gt \
+		"$(unit_prop "$SOCKET" ActiveEnterTimestampMonotonic)"
 }
 
 # Logs reach journald through the native protocol, with priorities and the
 # service's own fields.
 scenario_journal_fields() {
 	local json ready listening
-	json=$(in_ct journalctl --no-pager --output=json --unit=seamless.service)
-	ready=$(journal_entry "$json" 'MESSAGE~^ready$' '_COMM~^seamless$' || true)
-	listening=$(journal_entry "$json" 'MESSAGE~^listening$' '_COMM~^seamless$' || true)
+	json=$(in_ct journalctl --no-pager --output=json "--unit=$SERVICE")
+	ready=$(journal_entry "$json" 'MESSAGE~^ready$' "_COMM~^$COMM\$" || true)
+	listening=$(journal_entry "$json" 'MESSAGE~^listening$' "_COMM~^$COMM\$" || true)
 	if [[ -z $ready || -z $listening ]]; then
 		fail "journal has the service's \"listening\" and \"ready\" events" \
-			"$(in_ct journalctl --no-pager --unit=seamless.service | tail -n 20)"
+			"$(in_ct journalctl --no-pager "--unit=$SERVICE" | tail -n 20)"
 		return 0
 	fi
 	pass "journal has the service's \"listening\" and \"ready\" events"
@@ -196,10 +198,10 @@ journal_entry() {
 # serves, and fails (keeping the old one) when the configuration is broken.
 scenario_reload() {
 	local pid i body out errors=()
-	pid=$(unit_prop seamless.service MainPID)
+	pid=$(unit_prop "$SERVICE" MainPID)
 	for i in $(seq 1 20); do
 		put_file "$CONFIG" "message = \"reload $i\\n\""$'\n'
-		if ! out=$(in_ct systemctl reload seamless.service 2>&1); then
+		if ! out=$(in_ct systemctl reload "$SERVICE" 2>&1); then
 			errors+=("reload $i: systemctl reload failed: $out")
 			continue
 		fi
@@ -212,16 +214,16 @@ scenario_reload() {
 		fail "20 reloads: the very next request after each systemctl reload serves the new message" "${errors[@]}"
 	fi
 	check "reloads kept the same main process" \
-		expect_eq "MainPID" "$pid" "$(unit_prop seamless.service MainPID)"
+		expect_eq "MainPID" "$pid" "$(unit_prop "$SERVICE" MainPID)"
 
-	reload_broken "syntax error" 'message = '$'\n' 'seamless\.toml'
+	reload_broken "syntax error" 'message = '$'\n' "$NAME\.toml"
 	reload_broken "unknown key" 'message = "x"'$'\n''no_such_key = 1'$'\n' 'no_such_key'
 
 	check "reloads and rejected reloads kept the same main process" \
-		expect_eq "MainPID" "$pid" "$(unit_prop seamless.service MainPID)"
+		expect_eq "MainPID" "$pid" "$(unit_prop "$SERVICE" MainPID)"
 	put_file "$CONFIG" 'message = "after reloads\n"'$'\n'
 	check "a valid configuration reloads again after rejected ones" \
-		succeeds in_ct systemctl reload seamless.service
+		succeeds in_ct systemctl reload "$SERVICE"
 	check "... and is served" expect_eq "body" "after reloads" "$(http_get / 2>&1 || true)"
 }
 
@@ -230,24 +232,24 @@ reload_broken() {
 	local label=$1 text=$2 error_regex=$3 out rc=0 status cursor
 	put_file "$CONFIG" "$text"
 	rc=0
-	out=$(in_ct seamless check-config 2>&1) || rc=$?
-	check "broken config ($label): seamless check-config exits 78" expect_eq "exit status" 78 "$rc"
+	out=$(in_ct "$NAME" check-config 2>&1) || rc=$?
+	check "broken config ($label): $NAME check-config exits 78" expect_eq "exit status" 78 "$rc"
 
 	cursor=$(journal_cursor)
 	rc=0
-	out=$(in_ct systemctl reload seamless.service 2>&1) || rc=$?
+	out=$(in_ct systemctl reload "$SERVICE" 2>&1) || rc=$?
 	check "broken config ($label): systemctl reload exits non-zero" expect_ne "exit status" 0 "$rc"
 
-	status=$(in_ct systemctl status --no-pager --full --lines=20 seamless.service 2>&1 || true)
+	status=$(in_ct systemctl status --no-pager --full --lines=20 "$SERVICE" 2>&1 || true)
 	check "broken config ($label): the error is shown by systemctl reload or status" \
 		expect_match "systemctl reload output + status" "$error_regex" "$out"$'\n'"$status"
 	local entry
-	entry=$(journal_entry "$(journal_json_after "$cursor" --unit=seamless.service)" \
-		"*~$error_regex" '_COMM~^seamless$' '_TRANSPORT~^journal$' 'PRIORITY~^[0-3]$' || true)
+	entry=$(journal_entry "$(journal_json_after "$cursor" "--unit=$SERVICE")" \
+		"*~$error_regex" "_COMM~^$COMM\$" '_TRANSPORT~^journal$' 'PRIORITY~^[0-3]$' || true)
 	check "broken config ($label): the service logs the error at error priority" \
 		expect_match "journal entry of the service naming the error at PRIORITY<=3" . "$entry"
 	check "broken config ($label): the unit is back to active, not stuck reloading" \
-		wait_until 5 unit_state_is seamless.service active
+		wait_until 5 unit_state_is "$SERVICE" active
 	check "broken config ($label): the previous message is still served" \
 		expect_eq "body" "reload 20" "$(http_get / 2>&1 || true)"
 }
@@ -258,10 +260,10 @@ restart_loop() {
 	local count=$1 events=$2 i out pids=()
 	for i in $(seq 1 "$count"); do
 		printf '%s restart-%d\n' "$(date +%s%N)" "$i" >>"$events"
-		if ! out=$(in_ct systemctl restart seamless.service 2>&1); then
+		if ! out=$(in_ct systemctl restart "$SERVICE" 2>&1); then
 			echo "restart $i failed: $out"
 		fi
-		pids+=("$(unit_prop seamless.service MainPID)")
+		pids+=("$(unit_prop "$SERVICE" MainPID)")
 		# Let each new process serve both kinds of clients for a while.
 		sleep 0.5
 	done
@@ -283,26 +285,26 @@ scenario_restart_under_load() {
 		fail "10 x systemctl restart under keep-alive + close load: 0 failed requests" \
 			"$totals"$'\n'"$(load_failure_summary)"
 	fi
-	check "seamless.socket stayed active (no start limit hit)" \
+	check "$SOCKET stayed active (no start limit hit)" \
 		expect_eq "socket ActiveState/Result" "active/success" \
-		"$(unit_prop seamless.socket ActiveState)/$(unit_prop seamless.socket Result)"
+		"$(unit_prop "$SOCKET" ActiveState)/$(unit_prop "$SOCKET" Result)"
 }
 
 # A package upgrade restarts the service on the new binary but must not touch
 # the socket: restarting it would reset the connections in its queue.
 scenario_upgrade_under_load() {
 	local before_enter before_exit before_inode pid events=$LOG_DIR/events-upgrade.txt
-	before_enter=$(unit_prop seamless.socket ActiveEnterTimestampMonotonic)
-	before_exit=$(unit_prop seamless.socket InactiveExitTimestampMonotonic)
+	before_enter=$(unit_prop "$SOCKET" ActiveEnterTimestampMonotonic)
+	before_exit=$(unit_prop "$SOCKET" InactiveExitTimestampMonotonic)
 	before_inode=$(listen_inode)
-	pid=$(unit_prop seamless.service MainPID)
+	pid=$(unit_prop "$SERVICE" MainPID)
 
 	local out rc=0 totals want_version
 	want_version=$(dpkg-deb --field "$DEB_UPGRADE" Version)
 	: >"$events"
 	load_start upgrade "$events"
 	printf '%s upgrade\n' "$(date +%s%N)" >>"$events"
-	out=$(in_ct dpkg -i /root/seamless-upgrade.deb 2>&1) || rc=$?
+	out=$(in_ct dpkg -i "/root/$NAME-upgrade.deb" 2>&1) || rc=$?
 	# Requests to the upgraded process count too.
 	sleep 1
 	local load_rc=0
@@ -314,44 +316,44 @@ scenario_upgrade_under_load() {
 		fail "dpkg -i upgrade to $want_version under load" "$out"
 	fi
 	check "upgraded version is installed" \
-		expect_eq "version" "$want_version" "$(in_ct dpkg-query --show --showformat="\${Version}" seamless)"
+		expect_eq "version" "$want_version" "$(in_ct dpkg-query --show --showformat="\${Version}" "$NAME")"
 	if ((load_rc == 0)); then
 		pass "upgrade under keep-alive + close load: 0 failed requests ($totals)"
 	else
 		fail "upgrade under keep-alive + close load: 0 failed requests" \
 			"$totals"$'\n'"$(load_failure_summary)"
 	fi
-	check "seamless.socket was not restarted (activation timestamps unchanged)" \
+	check "$SOCKET was not restarted (activation timestamps unchanged)" \
 		expect_eq "ActiveEnter/InactiveExit" "$before_enter/$before_exit" \
-		"$(unit_prop seamless.socket ActiveEnterTimestampMonotonic)/$(unit_prop seamless.socket InactiveExitTimestampMonotonic)"
+		"$(unit_prop "$SOCKET" ActiveEnterTimestampMonotonic)/$(unit_prop "$SOCKET" InactiveExitTimestampMonotonic)"
 	check "the listening socket is the same kernel object ($before_inode)" \
 		expect_eq "listening socket inode" "$before_inode" "$(listen_inode)"
 	local new_pid
-	new_pid=$(unit_prop seamless.service MainPID)
+	new_pid=$(unit_prop "$SERVICE" MainPID)
 	check "the service was restarted by the upgrade" expect_ne "MainPID" "$pid" "$new_pid"
 	check "the running process is the new binary (not a deleted file)" \
-		expect_eq "exe" /usr/bin/seamless "$(in_ct readlink "/proc/$new_pid/exe")"
+		expect_eq "exe" "/usr/bin/$NAME" "$(in_ct readlink "/proc/$new_pid/exe")"
 }
 
 # A crash (SIGKILL) is recovered by systemd; the socket keeps accepting.
 scenario_kill_main() {
 	local pid restarts
-	pid=$(unit_prop seamless.service MainPID)
-	restarts=$(unit_prop seamless.service NRestarts)
+	pid=$(unit_prop "$SERVICE" MainPID)
+	restarts=$(unit_prop "$SERVICE" NRestarts)
 	in_ct kill -KILL "$pid"
 	check "after kill -9 systemd restarts the service (Restart=on-failure)" \
 		wait_until 15 main_pid_replaced "$pid"
 	check "NRestarts went up by one" \
-		expect_eq "NRestarts" "$((restarts + 1))" "$(unit_prop seamless.service NRestarts)"
+		expect_eq "NRestarts" "$((restarts + 1))" "$(unit_prop "$SERVICE" NRestarts)"
 	check "the socket kept accepting: a request succeeds" succeeds http_get /
-	check "seamless.socket is still active" \
-		expect_eq "socket ActiveState" active "$(unit_prop seamless.socket ActiveState)"
+	check "$SOCKET is still active" \
+		expect_eq "socket ActiveState" active "$(unit_prop "$SOCKET" ActiveState)"
 }
 
 main_pid_replaced() {
 	local old=$1 now
-	now=$(unit_prop seamless.service MainPID)
-	[[ $now != 0 && $now != "$old" ]] && unit_state_is seamless.service active
+	now=$(unit_prop "$SERVICE" MainPID)
+	[[ $now != 0 && $now != "$old" ]] && unit_state_is "$SERVICE" active
 }
 
 # Resident memory of a process in the container, in kB.
@@ -363,7 +365,7 @@ rss_kb() {
 # storm coalesces into far fewer reloads, and memory stays flat.
 scenario_sighup_storm() {
 	local pid rss_before rss_after load_rc=0 totals
-	pid=$(unit_prop seamless.service MainPID)
+	pid=$(unit_prop "$SERVICE" MainPID)
 	load_start sighup "$LOG_DIR/events-sighup.txt"
 	rss_before=$(rss_kb "$pid")
 	echo "$(date +%s%N) sighup-storm" >>"$LOG_DIR/events-sighup.txt"
@@ -379,7 +381,7 @@ scenario_sighup_storm() {
 	fi
 	check "same main PID, still active after the storm" \
 		expect_eq "MainPID/ActiveState" "$pid/active" \
-		"$(unit_prop seamless.service MainPID)/$(unit_prop seamless.service ActiveState)"
+		"$(unit_prop "$SERVICE" MainPID)/$(unit_prop "$SERVICE" ActiveState)"
 	# A leak of even 1 KiB per reload would show as 1000 KiB here.
 	check "RSS flat across the storm (${rss_before} kB -> ${rss_after} kB)" \
 		test "$((rss_after - rss_before))" -lt 1024
@@ -391,25 +393,25 @@ scenario_sighup_storm() {
 # accepting throughout.
 scenario_watchdog_stall() {
 	local pid restarts cursor
-	e2e_exec "$CT" cp /usr/bin/seamless /root/seamless.packaged </dev/null
-	e2e_copy_in "$CT" "$STALL_BIN" /usr/bin/seamless.stall
-	in_ct chmod 755 /usr/bin/seamless.stall
-	in_ct mv /usr/bin/seamless.stall /usr/bin/seamless
-	in_ct systemctl restart seamless.service
+	e2e_exec "$CT" cp "/usr/bin/$NAME" "/root/$NAME.packaged" </dev/null
+	e2e_copy_in "$CT" "$STALL_BIN" "/usr/bin/$NAME.stall"
+	in_ct chmod 755 "/usr/bin/$NAME.stall"
+	in_ct mv "/usr/bin/$NAME.stall" "/usr/bin/$NAME"
+	in_ct systemctl restart "$SERVICE"
 	http_get / >/dev/null
-	pid=$(unit_prop seamless.service MainPID)
-	restarts=$(unit_prop seamless.service NRestarts)
+	pid=$(unit_prop "$SERVICE" MainPID)
+	restarts=$(unit_prop "$SERVICE" NRestarts)
 	cursor=$(journal_cursor)
 	in_ct kill -USR1 "$pid"
 	check "a stalled runtime is restarted by the watchdog within WatchdogSec" \
 		wait_until 30 main_pid_replaced "$pid"
 	check "systemd logged the watchdog timeout" \
-		expect_match "journal" 'atchdog timeout' "$(in_ct journalctl --no-pager --after-cursor="$cursor" -u seamless.service)"
+		expect_match "journal" 'atchdog timeout' "$(in_ct journalctl --no-pager --after-cursor="$cursor" -u "$SERVICE")"
 	check "NRestarts went up by one" \
-		expect_eq "NRestarts" "$((restarts + 1))" "$(unit_prop seamless.service NRestarts)"
+		expect_eq "NRestarts" "$((restarts + 1))" "$(unit_prop "$SERVICE" NRestarts)"
 	check "the socket kept accepting: a request succeeds" succeeds http_get /
-	in_ct mv /root/seamless.packaged /usr/bin/seamless
-	in_ct systemctl restart seamless.service
+	in_ct mv "/root/$NAME.packaged" "/usr/bin/$NAME"
+	in_ct systemctl restart "$SERVICE"
 	check "the packaged binary serves again" succeeds http_get /
 }
 
@@ -417,7 +419,7 @@ scenario_watchdog_stall() {
 # and the service logs its drain.
 scenario_stop() {
 	put_file "$CONFIG" 'message = "stopping\n"'$'\n\n''[demo]'$'\n''slow_endpoint = true'$'\n'
-	check "config with the slow demo endpoint reloads" succeeds in_ct systemctl reload seamless.service
+	check "config with the slow demo endpoint reloads" succeeds in_ct systemctl reload "$SERVICE"
 
 	local slow_out=$LOG_DIR/stop-slow-request.txt cursor curl_pid
 	cursor=$(journal_cursor)
@@ -427,14 +429,14 @@ scenario_stop() {
 		"http://$ADDR/slow?ms=2500" >"$slow_out" 2>&1 &
 	curl_pid=$!
 	sleep 0.5
-	in_ct systemctl stop --no-block seamless.service
+	in_ct systemctl stop --no-block "$SERVICE"
 
 	# Sample the unit while it stops: the state and the STATUS= text the
 	# service sends with STOPPING=1.
 	local states=() state sample deadline=$((SECONDS + 40))
 	while ((SECONDS < deadline)); do
-		state=$(unit_prop seamless.service ActiveState)
-		sample="$state ($(unit_prop seamless.service StatusText))"
+		state=$(unit_prop "$SERVICE" ActiveState)
+		sample="$state ($(unit_prop "$SERVICE" StatusText))"
 		((${#states[@]} > 0)) && [[ ${states[${#states[@]} - 1]} == "$sample" ]] || states+=("$sample")
 		[[ $state == inactive || $state == failed ]] && break
 		sleep 0.05
@@ -450,42 +452,43 @@ scenario_stop() {
 		expect_eq "status" 200 "$(cat "$slow_out")"
 	check "clean exit: Result=success, ExecMainCode=exited, ExecMainStatus=0" \
 		expect_eq "Result/ExecMainCode/ExecMainStatus" "success/1/0" \
-		"$(unit_prop seamless.service Result)/$(unit_prop seamless.service ExecMainCode)/$(unit_prop seamless.service ExecMainStatus)"
+		"$(unit_prop "$SERVICE" Result)/$(unit_prop "$SERVICE" ExecMainCode)/$(unit_prop "$SERVICE" ExecMainStatus)"
 
 	local json entry
-	json=$(journal_json_after "$cursor" --unit=seamless.service)
-	entry=$(journal_entry "$json" 'MESSAGE~^draining$' '_COMM~^seamless$' '_TRANSPORT~^journal$' || true)
+	json=$(journal_json_after "$cursor" "--unit=$SERVICE")
+	entry=$(journal_entry "$json" 'MESSAGE~^draining$' "_COMM~^$COMM\$" '_TRANSPORT~^journal$' || true)
 	check "the service logged \"draining\" ($(grep '^OPEN_CONNECTIONS=' <<<"$entry"))" \
 		expect_match "draining entry" '^OPEN_CONNECTIONS=[1-9]' "$entry"
-	entry=$(journal_entry "$json" 'MESSAGE~^drained$' '_COMM~^seamless$' || true)
+	entry=$(journal_entry "$json" 'MESSAGE~^drained$' "_COMM~^$COMM\$" || true)
 	check "the service logged \"drained\"" expect_match "drained entry" . "$entry"
-	entry=$(journal_entry "$json" 'MESSAGE~^Stopping seamless\.service' '_PID~^1$' || true)
-	check "systemd logged \"Stopping seamless.service\"" expect_match "entry of systemd" . "$entry"
+	entry=$(journal_entry "$json" "MESSAGE~^Stopping $NAME\.service" '_PID~^1$' || true)
+	check "systemd logged \"Stopping $SERVICE\"" expect_match "entry of systemd" . "$entry"
 	check "the socket keeps listening after the service stopped" \
-		expect_eq "socket ActiveState" active "$(unit_prop seamless.socket ActiveState)"
+		expect_eq "socket ActiveState" active "$(unit_prop "$SOCKET" ActiveState)"
 }
 
 # dpkg --purge leaves nothing behind: no units, no configuration, no
 # enablement or mask symlinks, no listener.
 scenario_purge() {
 	local out
-	if out=$(in_ct dpkg --purge seamless 2>&1); then
-		pass "dpkg --purge seamless"
+	if out=$(in_ct dpkg --purge "$NAME" 2>&1); then
+		pass "dpkg --purge $NAME"
 	else
-		fail "dpkg --purge seamless" "$out"
+		fail "dpkg --purge $NAME" "$out"
 	fi
-	check "package is gone from dpkg's database" fails in_ct dpkg-query --show seamless
+	check "package is gone from dpkg's database" fails in_ct dpkg-query --show "$NAME"
 	local leftovers
+	# shellcheck disable=SC2016 # expanded by the shell inside the container
 	leftovers=$(in_ct sh -c '
-		ls -d /usr/lib/systemd/system/seamless.* /lib/systemd/system/seamless.* \
-			/etc/seamless /usr/bin/seamless 2>/dev/null
+		ls -d /usr/lib/systemd/system/"$1".* /lib/systemd/system/"$1".* \
+			/etc/"$1" /usr/bin/"$1" 2>/dev/null
 		find /etc/systemd /run/systemd/system /var/lib/systemd/deb-systemd-helper-enabled \
-			/var/lib/systemd/deb-systemd-helper-masked -name "*seamless*" 2>/dev/null
-		true' | without_port_dropin)
-	check "no unit file, /etc/seamless, binary, enablement or mask symlink is left" \
+			/var/lib/systemd/deb-systemd-helper-masked -name "*$1*" 2>/dev/null
+		true' sh "$NAME" | without_port_dropin)
+	check "no unit file, /etc/$NAME, binary, enablement or mask symlink is left" \
 		expect_empty "left behind" "$leftovers"
 	check "systemd no longer knows the units" \
-		expect_empty "list-unit-files" "$(in_ct systemctl list-unit-files --no-legend 'seamless*' || true)"
+		expect_empty "list-unit-files" "$(in_ct systemctl list-unit-files --no-legend "$NAME*" || true)"
 	check "nothing listens on $ADDR any more" \
 		expect_empty "listening" "$(in_ct ss -Hltn "sport = :${ADDR##*:}")"
 }
@@ -493,58 +496,58 @@ scenario_purge() {
 # The .rpm: contents and scriptlets, then a real install/remove with Debian's
 # rpm (dependencies cannot be resolved against dpkg's database: --nodeps).
 scenario_rpm() {
-	e2e_copy_in "$CT" "$RPM" /root/seamless.rpm
+	e2e_copy_in "$CT" "$RPM" "/root/$NAME.rpm"
 	local scripts files configs
-	scripts=$(in_ct rpm -qp --scripts /root/seamless.rpm 2>&1)
+	scripts=$(in_ct rpm -qp --scripts "/root/$NAME.rpm" 2>&1)
 	check "rpm scriptlets: %post presets the units on first install" \
-		expect_match "scripts" 'preset seamless\.socket' "$scripts"
+		expect_match "scripts" "preset $NAME\.socket" "$scripts"
 	check "rpm scriptlets: %preun disables and stops the units on removal" \
-		expect_match "scripts" 'disable --now seamless\.socket' "$scripts"
+		expect_match "scripts" "disable --now $NAME\.socket" "$scripts"
 	check "rpm scriptlets: %postun restarts only the service on upgrade" \
-		expect_match "scripts" 'try-restart seamless\.service' "$scripts"
+		expect_match "scripts" "try-restart $NAME\.service" "$scripts"
 	check "rpm scriptlets: the socket is never restarted" \
-		expect_no_match "scripts (comments left out)" 'restart[^|;&]*seamless\.socket' \
+		expect_no_match "scripts (comments left out)" "restart[^|;&]*$NAME\.socket" \
 		"$(grep -v '^[[:space:]]*#' <<<"$scripts")"
 
-	files=$(in_ct rpm -qpl /root/seamless.rpm 2>&1)
-	configs=$(in_ct rpm -qpc /root/seamless.rpm 2>&1)
+	files=$(in_ct rpm -qpl "/root/$NAME.rpm" 2>&1)
+	configs=$(in_ct rpm -qpc "/root/$NAME.rpm" 2>&1)
 	local f
-	for f in /usr/bin/seamless /usr/lib/systemd/system/seamless.service \
-		/usr/lib/systemd/system/seamless.socket /etc/seamless/seamless.toml; do
+	for f in /usr/bin/$NAME /usr/lib/systemd/system/$SERVICE \
+		/usr/lib/systemd/system/$SOCKET /etc/$NAME/$NAME.toml; do
 		check "rpm contains $f" expect_match "rpm -qpl" "^$f\$" "$files"
 	done
-	check "rpm marks /etc/seamless/seamless.toml as a config file" \
-		expect_match "rpm -qpc" '^/etc/seamless/seamless\.toml$' "$configs"
+	check "rpm marks /etc/$NAME/$NAME.toml as a config file" \
+		expect_match "rpm -qpc" "^/etc/$NAME/$NAME\\.toml\$" "$configs"
 
 	local out
-	if ! out=$(in_ct rpm -i --nodeps /root/seamless.rpm 2>&1); then
-		fail "rpm -i --nodeps seamless.rpm" "$out"
+	if ! out=$(in_ct rpm -i --nodeps "/root/$NAME.rpm" 2>&1); then
+		fail "rpm -i --nodeps $NAME.rpm" "$out"
 		return 0
 	fi
-	pass "rpm -i --nodeps seamless.rpm"
-	check "rpm -V: installed files match the package" succeeds in_ct rpm -V --nodeps seamless
-	check "%post enabled seamless.socket (Debian presets enable by default)" \
-		expect_eq "is-enabled" enabled "$(in_ct systemctl is-enabled seamless.socket 2>&1 || true)"
+	pass "rpm -i --nodeps $NAME.rpm"
+	check "rpm -V: installed files match the package" succeeds in_ct rpm -V --nodeps "$NAME"
+	check "%post enabled $SOCKET (Debian presets enable by default)" \
+		expect_eq "is-enabled" enabled "$(in_ct systemctl is-enabled "$SOCKET" 2>&1 || true)"
 	in_ct systemctl daemon-reload
-	check "the rpm's units start" succeeds in_ct systemctl start seamless.socket
+	check "the rpm's units start" succeeds in_ct systemctl start "$SOCKET"
 	check "the rpm-installed service answers" succeeds http_get /
 
-	if out=$(in_ct rpm -e seamless 2>&1); then
-		pass "rpm -e seamless"
+	if out=$(in_ct rpm -e "$NAME" 2>&1); then
+		pass "rpm -e $NAME"
 	else
-		fail "rpm -e seamless" "$out"
+		fail "rpm -e $NAME" "$out"
 	fi
 	check "%preun stopped the socket" \
-		expect_eq "socket ActiveState" inactive "$(unit_prop seamless.socket ActiveState)"
+		expect_eq "socket ActiveState" inactive "$(unit_prop "$SOCKET" ActiveState)"
 	check "%preun disabled the socket (no sockets.target.wants link)" \
-		expect_empty "left behind" "$(in_ct find /etc/systemd/system -name 'seamless.*' | without_port_dropin)"
+		expect_empty "left behind" "$(in_ct find /etc/systemd/system -name "$NAME.*" | without_port_dropin)"
 	check "the rpm's files are gone" \
 		expect_empty "left behind" \
-		"$(in_ct sh -c 'ls -d /usr/bin/seamless /usr/lib/systemd/system/seamless.* /etc/seamless/* 2>/dev/null; true')"
+		"$(in_ct sh -c "ls -d /usr/bin/$NAME /usr/lib/systemd/system/$NAME.* /etc/$NAME/* 2>/dev/null; true")"
 	# Directories the package creates must be owned by it, or rpm -e leaves
 	# them behind.
-	check "rpm -e removes /etc/seamless" \
-		expect_empty "left behind" "$(in_ct sh -c 'ls -d /etc/seamless 2>/dev/null; true')"
+	check "rpm -e removes /etc/$NAME" \
+		expect_empty "left behind" "$(in_ct sh -c "ls -d /etc/$NAME 2>/dev/null; true")"
 }
 
 # --- binary hot upgrade (seamless upgrade, SIGUSR2) ----------------------------
@@ -555,20 +558,20 @@ scenario_rpm() {
 replace_binary() {
 	# shellcheck disable=SC2016 # expanded by the shell inside the container
 	in_ct sh -ec '
-		dpkg-deb --fsys-tarfile "$1" | tar -xOf - ./usr/bin/seamless >/usr/bin/seamless.dpkg-new
-		chmod 0755 /usr/bin/seamless.dpkg-new
-		mv -f /usr/bin/seamless.dpkg-new /usr/bin/seamless' sh /root/seamless-upgrade.deb
+		dpkg-deb --fsys-tarfile "$1" | tar -xOf - "./usr/bin/$2" >"/usr/bin/$2.dpkg-new"
+		chmod 0755 "/usr/bin/$2.dpkg-new"
+		mv -f "/usr/bin/$2.dpkg-new" "/usr/bin/$2"' sh "/root/$NAME-upgrade.deb" "$NAME"
 }
 
 # replace_binary_with_script TEXT: the same, with a script instead.
 replace_binary_with_script() {
-	put_file /usr/bin/seamless.dpkg-new "$1"
-	in_ct sh -ec 'chmod 0755 /usr/bin/seamless.dpkg-new; mv -f /usr/bin/seamless.dpkg-new /usr/bin/seamless'
+	put_file "/usr/bin/$NAME.dpkg-new" "$1"
+	in_ct sh -ec "chmod 0755 /usr/bin/$NAME.dpkg-new; mv -f /usr/bin/$NAME.dpkg-new /usr/bin/$NAME"
 }
 
 # The PID that GET /version reports ("seamless VERSION (pid PID)").
 version_pid() {
-	http_get /version | sed -n 's/^seamless .* (pid \([0-9]*\))$/\1/p'
+	http_get /version | sed -n "s/^$NAME .* (pid \\([0-9]*\\))\$/\\1/p"
 }
 
 inode_of() {
@@ -578,7 +581,7 @@ inode_of() {
 # pid1_lines CURSOR EXTENDED-REGEX: what systemd (PID 1) logged about
 # seamless.service after CURSOR, matching REGEX.
 pid1_lines() {
-	in_ct journalctl --no-pager -o cat --after-cursor="$1" _PID=1 UNIT=seamless.service |
+	in_ct journalctl --no-pager -o cat --after-cursor="$1" _PID=1 "UNIT=$SERVICE" |
 		grep -E -- "$2" || true
 }
 
@@ -588,22 +591,22 @@ pid1_lines() {
 upgrade_once() {
 	local n=$1 events=$2 old new out rc=0 answered exe
 	replace_binary
-	old=$(unit_prop seamless.service MainPID)
+	old=$(unit_prop "$SERVICE" MainPID)
 	printf '%s binary-upgrade-%d\n' "$(date +%s%N)" "$n" >>"$events"
 	# No --verdict-file and no RUNTIME_DIRECTORY: the operator's form, which
 	# finds the packaged unit's /run/seamless by default.
-	out=$(in_ct seamless upgrade --pid "$old" --timeout 60s 2>&1) || rc=$?
+	out=$(in_ct "$NAME" upgrade --pid "$old" --timeout 60s 2>&1) || rc=$?
 	printf '%s\n' "$out" >"$LOG_DIR/upgrade-$n.out"
-	((rc == 0)) || echo "upgrade $n: seamless upgrade --pid $old exited $rc: $out"
-	new=$(unit_prop seamless.service MainPID)
+	((rc == 0)) || echo "upgrade $n: $NAME upgrade --pid $old exited $rc: $out"
+	new=$(unit_prop "$SERVICE" MainPID)
 	printf '%s\n' "$new" >"$LOG_DIR/upgrade-$n.pid"
 	[[ $new != 0 && $new != "$old" ]] || echo "upgrade $n: MainPID is $new (was $old)"
 	answered=$(version_pid) || true
 	[[ $answered == "$new" ]] || echo "upgrade $n: GET /version answered by PID ${answered:-?}, MainPID is $new"
 	exe=$(in_ct readlink "/proc/$new/exe" 2>&1) || true
-	[[ $exe == /usr/bin/seamless ]] || echo "upgrade $n: /proc/$new/exe is \"$exe\""
-	[[ $(inode_of "/proc/$new/exe" 2>&1) == "$(inode_of /usr/bin/seamless)" ]] ||
-		echo "upgrade $n: PID $new does not run the file now at /usr/bin/seamless"
+	[[ $exe == /usr/bin/$NAME ]] || echo "upgrade $n: /proc/$new/exe is \"$exe\""
+	[[ $(inode_of "/proc/$new/exe" 2>&1) == "$(inode_of "/usr/bin/$NAME")" ]] ||
+		echo "upgrade $n: PID $new does not run the file now at /usr/bin/$NAME"
 	# The old process drains (linger, then its last connections) and exits.
 	wait_until 15 fails in_ct test -e "/proc/$old" ||
 		echo "upgrade $n: the old process $old is still running 15s after the handover"
@@ -616,10 +619,10 @@ upgrade_once() {
 # anything but a new main PID.
 scenario_binary_upgrade_under_load() {
 	local before_enter before_exit before_inode restarts cursor events=$LOG_DIR/events-binary-upgrade.txt
-	before_enter=$(unit_prop seamless.socket ActiveEnterTimestampMonotonic)
-	before_exit=$(unit_prop seamless.socket InactiveExitTimestampMonotonic)
+	before_enter=$(unit_prop "$SOCKET" ActiveEnterTimestampMonotonic)
+	before_exit=$(unit_prop "$SOCKET" InactiveExitTimestampMonotonic)
 	before_inode=$(listen_inode)
-	restarts=$(unit_prop seamless.service NRestarts)
+	restarts=$(unit_prop "$SERVICE" NRestarts)
 	cursor=$(journal_cursor)
 
 	local problems totals load_rc=0 n
@@ -630,31 +633,31 @@ scenario_binary_upgrade_under_load() {
 	local last_upgrade=$SECONDS pids
 	pids=$(cat "$LOG_DIR"/upgrade-{1,2,3}.pid 2>/dev/null | paste -sd' ' || true)
 
-	check "3 x seamless upgrade: each exits 0, MainPID follows to the PID that answers GET /version, runs /usr/bin/seamless (not deleted), the old process exits (PIDs: $pids)" \
+	check "3 x $NAME upgrade: each exits 0, MainPID follows to the PID that answers GET /version, runs /usr/bin/$NAME (not deleted), the old process exits (PIDs: $pids)" \
 		expect_empty "problems" "$problems"
 	if ((load_rc == 0)); then
-		pass "3 x seamless upgrade under keep-alive + close load: 0 failed requests ($totals)"
+		pass "3 x $NAME upgrade under keep-alive + close load: 0 failed requests ($totals)"
 	else
-		fail "3 x seamless upgrade under keep-alive + close load: 0 failed requests" \
+		fail "3 x $NAME upgrade under keep-alive + close load: 0 failed requests" \
 			"$totals"$'\n'"$(load_failure_summary)"
 	fi
 	local pid
-	pid=$(unit_prop seamless.service MainPID)
-	check "seamless upgrade prints what happened ($(tail -n1 "$LOG_DIR/upgrade-3.out"))" \
-		expect_match "seamless upgrade output" "PID $pid serves now" "$(cat "$LOG_DIR/upgrade-3.out")"
+	pid=$(unit_prop "$SERVICE" MainPID)
+	check "$NAME upgrade prints what happened ($(tail -n1 "$LOG_DIR/upgrade-3.out"))" \
+		expect_match "$NAME upgrade output" "PID $pid serves now" "$(cat "$LOG_DIR/upgrade-3.out")"
 	check "systemctl status shows the new main PID $pid" \
 		expect_match "systemctl status" "Main PID: $pid\\b" \
-		"$(in_ct systemctl status --no-pager --full --lines=0 seamless.service 2>&1 || true)"
+		"$(in_ct systemctl status --no-pager --full --lines=0 "$SERVICE" 2>&1 || true)"
 	check "the journal has the new process's own log lines (_PID=$pid, \"took over from the previous process\")" \
-		expect_match "journalctl _SYSTEMD_UNIT=seamless.service _PID=$pid" '^took over from the previous process$' \
-		"$(in_ct journalctl --no-pager -o cat _SYSTEMD_UNIT=seamless.service "_PID=$pid")"
+		expect_match "journalctl _SYSTEMD_UNIT=$SERVICE _PID=$pid" '^took over from the previous process$' \
+		"$(in_ct journalctl --no-pager -o cat "_SYSTEMD_UNIT=$SERVICE" "_PID=$pid")"
 	local json entry
-	json=$(journal_json_after "$cursor" --unit=seamless.service)
-	entry=$(journal_entry "$json" 'MESSAGE~^handed over; draining$' "SUCCESSOR~^$pid\$" '_COMM~^seamless$' || true)
+	json=$(journal_json_after "$cursor" "--unit=$SERVICE")
+	entry=$(journal_entry "$json" 'MESSAGE~^handed over; draining$' "SUCCESSOR~^$pid\$" "_COMM~^$COMM\$" || true)
 	check "the previous process logged the handover to $pid" expect_match "journal entry" . "$entry"
-	check "seamless.socket was not restarted (activation timestamps unchanged)" \
+	check "$SOCKET was not restarted (activation timestamps unchanged)" \
 		expect_eq "ActiveEnter/InactiveExit" "$before_enter/$before_exit" \
-		"$(unit_prop seamless.socket ActiveEnterTimestampMonotonic)/$(unit_prop seamless.socket InactiveExitTimestampMonotonic)"
+		"$(unit_prop "$SOCKET" ActiveEnterTimestampMonotonic)/$(unit_prop "$SOCKET" InactiveExitTimestampMonotonic)"
 	check "the listening socket is the same kernel object ($before_inode)" \
 		expect_eq "listening socket inode" "$before_inode" "$(listen_inode)"
 
@@ -663,13 +666,13 @@ scenario_binary_upgrade_under_load() {
 	# process stops pinging at the handover, so any ping systemd records
 	# afterwards is the new main process's.
 	local handover_ping
-	handover_ping=$(unit_prop seamless.service WatchdogTimestampMonotonic)
+	handover_ping=$(unit_prop "$SERVICE" WatchdogTimestampMonotonic)
 	while ((SECONDS - last_upgrade < 22)); do sleep 1; done
 	check "22s after the last upgrade: active, same main PID, NRestarts unchanged ($restarts)" \
 		expect_eq "ActiveState/MainPID/NRestarts" "active/$pid/$restarts" \
-		"$(unit_prop seamless.service ActiveState)/$(unit_prop seamless.service MainPID)/$(unit_prop seamless.service NRestarts)"
+		"$(unit_prop "$SERVICE" ActiveState)/$(unit_prop "$SERVICE" MainPID)/$(unit_prop "$SERVICE" NRestarts)"
 	check "systemd receives the new main process's watchdog pings" \
-		test "$(unit_prop seamless.service WatchdogTimestampMonotonic)" -gt "$handover_ping"
+		test "$(unit_prop "$SERVICE" WatchdogTimestampMonotonic)" -gt "$handover_ping"
 	# Were NotifyAccess= `main`, systemd would drop what the successor sends
 	# before the handover: its READY=1 and, depending on timing, its first
 	# watchdog ping (systemd 252 logs each at warning level, 257 at debug
@@ -682,27 +685,27 @@ scenario_binary_upgrade_under_load() {
 	refused=$(pid1_lines "$cursor" 'reception only permitted for main PID' | wc -l)
 	alien=$(pid1_lines "$cursor" 'which is not our child' | wc -l)
 	check "systemd accepted every handover and the watchdog never fired (pre-handover messages refused: $refused, \"not our child\": $alien)" \
-		expect_empty "systemd (PID 1) about seamless.service" \
+		expect_empty "systemd (PID 1) about $SERVICE" \
 		"$(pid1_lines "$cursor" 'does not belong to service|[Rr]efusing|[Ww]atchdog timeout|[Kk]illing')"
 
 	# Reload and stop work on the process systemd did not start itself, and
 	# the stop still drains: a request in flight completes.
 	put_file "$CONFIG" 'message = "after binary upgrades\n"'$'\n\n''[demo]'$'\n''slow_endpoint = true'$'\n'
-	check "systemctl reload after the upgrades" succeeds in_ct systemctl reload seamless.service
+	check "systemctl reload after the upgrades" succeeds in_ct systemctl reload "$SERVICE"
 	check "... the next request serves the new message" \
 		expect_eq "body" "after binary upgrades" "$(http_get / 2>&1 || true)"
 	check "... and the reload kept the main process" \
-		expect_eq "MainPID" "$pid" "$(unit_prop seamless.service MainPID)"
+		expect_eq "MainPID" "$pid" "$(unit_prop "$SERVICE" MainPID)"
 	local slow_out=$LOG_DIR/binary-upgrade-stop-slow-request.txt curl_pid
 	curl --silent --show-error --max-time 20 --output /dev/null --write-out '%{http_code}' \
 		"http://$ADDR/slow?ms=2000" >"$slow_out" 2>&1 &
 	curl_pid=$!
 	sleep 0.5
-	check "systemctl stop after the upgrades" succeeds in_ct systemctl stop seamless.service
+	check "systemctl stop after the upgrades" succeeds in_ct systemctl stop "$SERVICE"
 	wait "$curl_pid" || true
 	check "... ends with Result=success, exit status 0" \
 		expect_eq "ActiveState/Result/ExecMainCode/ExecMainStatus" "inactive/success/1/0" \
-		"$(unit_prop seamless.service ActiveState)/$(unit_prop seamless.service Result)/$(unit_prop seamless.service ExecMainCode)/$(unit_prop seamless.service ExecMainStatus)"
+		"$(unit_prop "$SERVICE" ActiveState)/$(unit_prop "$SERVICE" Result)/$(unit_prop "$SERVICE" ExecMainCode)/$(unit_prop "$SERVICE" ExecMainStatus)"
 	check "... after draining: the request in flight during the stop completed with 200" \
 		expect_eq "status" 200 "$(cat "$slow_out")"
 	check "... and no process of the unit is left (PID $pid gone)" fails in_ct test -e "/proc/$pid"
@@ -713,11 +716,11 @@ scenario_binary_upgrade_under_load() {
 # fails with the reason, the old process serves on as the main process.
 scenario_binary_upgrade_fails() {
 	local pid restarts out rc=0 events=$LOG_DIR/events-binary-upgrade-fails.txt totals load_rc=0
-	pid=$(unit_prop seamless.service MainPID)
-	restarts=$(unit_prop seamless.service NRestarts)
+	pid=$(unit_prop "$SERVICE" MainPID)
+	restarts=$(unit_prop "$SERVICE" NRestarts)
 	# `seamless upgrade` itself runs from a copy: /usr/bin/seamless is the
 	# broken one now.
-	in_ct cp /usr/bin/seamless /root/seamless-cli
+	in_ct cp "/usr/bin/$NAME" "/root/$NAME-cli"
 	replace_binary_with_script $'#!/bin/sh\necho "broken build" >&2\nexit 3\n'
 
 	local cursor
@@ -725,21 +728,21 @@ scenario_binary_upgrade_fails() {
 	: >"$events"
 	load_start binary-upgrade-fails "$events"
 	printf '%s failed-binary-upgrade\n' "$(date +%s%N)" >>"$events"
-	out=$(in_ct /root/seamless-cli upgrade --pid "$pid" --timeout 60s 2>&1) || rc=$?
+	out=$(in_ct "/root/$NAME-cli" upgrade --pid "$pid" --timeout 60s 2>&1) || rc=$?
 	sleep 0.5
 	totals=$(load_stop 2>&1) || load_rc=$?
 
-	check "seamless upgrade to a binary that exits 3 exits non-zero (status $rc)" \
+	check "$NAME upgrade to a binary that exits 3 exits non-zero (status $rc)" \
 		expect_ne "exit status" 0 "$rc"
-	check "... and says why ($out)" expect_match "seamless upgrade output" 'exited before it was ready' "$out"
+	check "... and says why ($out)" expect_match "$NAME upgrade output" 'exited before it was ready' "$out"
 	local entry
-	entry=$(journal_entry "$(journal_json_after "$cursor" --unit=seamless.service)" \
+	entry=$(journal_entry "$(journal_json_after "$cursor" "--unit=$SERVICE")" \
 		'MESSAGE~^upgrade failed' '*~exited before it was ready' "_PID~^$pid\$" 'PRIORITY~^[0-3]$' || true)
 	check "the service logged the failed upgrade at error priority" \
 		expect_match "journal entry of PID $pid" . "$entry"
 	check "the old process is still the main process and serving" \
 		expect_eq "MainPID/GET /version pid/ActiveState/NRestarts" "$pid/$pid/active/$restarts" \
-		"$(unit_prop seamless.service MainPID)/$(version_pid || true)/$(unit_prop seamless.service ActiveState)/$(unit_prop seamless.service NRestarts)"
+		"$(unit_prop "$SERVICE" MainPID)/$(version_pid || true)/$(unit_prop "$SERVICE" ActiveState)/$(unit_prop "$SERVICE" NRestarts)"
 	if ((load_rc == 0)); then
 		pass "failed upgrade under keep-alive + close load: 0 failed requests ($totals)"
 	else
@@ -750,8 +753,8 @@ scenario_binary_upgrade_fails() {
 	# Restored; the process upgraded to here is the one scenario_kill_main kills.
 	replace_binary
 	check "the binary restored, the next upgrade succeeds" \
-		succeeds in_ct seamless upgrade --pid "$pid" --timeout 60s
-	in_ct rm -f /root/seamless-cli
+		succeeds in_ct "$NAME" upgrade --pid "$pid" --timeout 60s
+	in_ct rm -f "/root/$NAME-cli"
 	check "... with a new main process that answers GET /version" \
-		expect_eq "GET /version pid" "$(unit_prop seamless.service MainPID)" "$(version_pid || true)"
+		expect_eq "GET /version pid" "$(unit_prop "$SERVICE" MainPID)" "$(version_pid || true)"
 }
