@@ -35,8 +35,8 @@ pub enum Command {
     Serve,
     /// Validate the layered configuration; exit 78 with the first error (file and key) if invalid.
     CheckConfig,
-    /// Print the effective configuration (built-in defaults, file, drop-ins and NAME_*
-    /// variables merged) as TOML; exit 78 with the first error if invalid.
+    /// Print the effective configuration (built-in defaults, file, drop-ins and environment
+    /// merged) as TOML; exit 78 with the first error if invalid.
     PrintConfig,
     /// Ask a running service to reload (SIGHUP) and wait until it reports the result; exits
     /// non-zero with the error when the new configuration is refused. For ExecReload=.
@@ -80,7 +80,14 @@ impl Cli {
             .version(identity.version)
             .about(identity.description)
             .mut_args(|arg| named(arg, name))
-            .mut_subcommands(|sub| sub.mut_args(|arg| named(arg, name)));
+            .mut_subcommands(|sub| {
+                let about = sub.get_about().map(ToString::to_string);
+                let sub = match about {
+                    Some(about) if about.contains("NAME") => sub.about(about.replace("NAME", name)),
+                    _ => sub,
+                };
+                sub.mut_args(|arg| named(arg, name))
+            });
         let matches = command.get_matches();
         // The matches come from this very struct's command, so they always convert.
         Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit())
