@@ -9,28 +9,28 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use crate::identity::Identity;
 
 /// Exit code for success, also after a completed drain.
-pub const EXIT_OK: u8 = 0;
+pub(crate) const EXIT_OK: u8 = 0;
 /// Exit code for failures other than configuration: bad sockets, bind errors, immediate exit.
-pub const EXIT_FAILURE: u8 = 1;
+pub(crate) const EXIT_FAILURE: u8 = 1;
 /// Exit code for an invalid configuration (`EX_CONFIG` from sysexits.h, as `nginx -t` uses).
-pub const EXIT_CONFIG: u8 = 78;
+pub(crate) const EXIT_CONFIG: u8 = 78;
 
 /// The command line of a service binary.
 #[derive(Debug, Parser)]
-pub struct Cli {
+pub(crate) struct Cli {
     /// Configuration file [default: $CONFIGURATION_DIRECTORY/NAME.toml, else
     /// /etc/NAME/NAME.toml]; drop-ins are read from NAME.d/ beside it.
     #[arg(long, short = 'c', global = true, value_name = "PATH")]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
 
     /// What to do (default: serve).
     #[command(subcommand)]
-    pub command: Option<Command>,
+    pub(crate) command: Option<Command>,
 }
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Serve HTTP on the sockets passed by systemd, or on `http.listen` without them.
     Serve,
     /// Validate the layered configuration; exit 78 with the first error (file and key) if invalid.
@@ -72,7 +72,7 @@ pub enum Command {
 impl Cli {
     /// Parses the process's arguments for `identity`'s binary: `NAME` in the help texts becomes
     /// the service's name, and `--version` and `--help` describe the application.
-    pub fn parse_for(identity: &Identity) -> Self {
+    pub(crate) fn parse_for(identity: &Identity) -> Self {
         let name = identity.name;
         let command = Cli::command()
             .name(name)

@@ -44,6 +44,15 @@ const CONFIGURATION_DIRECTORY: &str = "CONFIGURATION_DIRECTORY";
 ///
 /// Unknown keys are checked by [`Loader::load`] across this and the application's keys
 /// together, which is why this struct (unlike its sections) does not deny them itself.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let defaults = seamless_core::Config::default();
+/// assert_eq!(defaults.http.listen.to_string(), "127.0.0.1:8080");
+/// assert_eq!(defaults.shutdown.drain_timeout, Duration::from_secs(25));
+/// assert!(defaults.shutdown.linger <= defaults.shutdown.drain_timeout);
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Config {

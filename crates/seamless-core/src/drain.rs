@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, watch};
 
 /// The coordinator, owned by the server.
 #[derive(Debug)]
-pub struct Drain {
+pub(crate) struct Drain {
     /// Flipped to `true` when the drain starts.
     started_tx: watch::Sender<bool>,
     /// Cloned into every [`Watch`]; dropped by [`Drain::finish`] so only tasks hold senders.
@@ -24,7 +24,7 @@ pub struct Drain {
 
 /// A task's view of the drain. Dropping it says "this task is done".
 #[derive(Debug, Clone)]
-pub struct Watch {
+pub(crate) struct Watch {
     /// Observes the start of the drain.
     started_rx: watch::Receiver<bool>,
     /// Held only to be dropped.
@@ -34,11 +34,11 @@ pub struct Watch {
 /// The deadline passed before every task finished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("drain deadline reached with tasks still running")]
-pub struct DeadlineReached;
+pub(crate) struct DeadlineReached;
 
 impl Drain {
     /// A coordinator with no tasks yet.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let (started_tx, _) = watch::channel(false);
         let (done_tx, done_rx) = mpsc::channel(1);
         Drain {
@@ -49,7 +49,7 @@ impl Drain {
     }
 
     /// A handle for one more task. Call before [`Drain::finish`].
-    pub fn watch(&self) -> Option<Watch> {
+    pub(crate) fn watch(&self) -> Option<Watch> {
         Some(Watch {
             started_rx: self.started_tx.subscribe(),
             _done_tx: self.done_tx.clone()?,
@@ -57,12 +57,12 @@ impl Drain {
     }
 
     /// Tells every task the drain has begun.
-    pub fn start(&self) {
+    pub(crate) fn start(&self) {
         self.started_tx.send_replace(true);
     }
 
     /// Waits until every task has dropped its [`Watch`], at most `deadline`.
-    pub async fn finish(&mut self, deadline: Duration) -> Result<(), DeadlineReached> {
+    pub(crate) async fn finish(&mut self, deadline: Duration) -> Result<(), DeadlineReached> {
         self.start();
         self.done_tx = None;
         tokio::time::timeout(deadline, self.done_rx.recv())
@@ -80,13 +80,14 @@ impl Default for Drain {
 
 impl Watch {
     /// Resolves once the drain has started (at once if it already has).
-    pub async fn started(&mut self) {
+    pub(crate) async fn started(&mut self) {
         // An error means the coordinator is gone, which also means "stop".
         let _ = self.started_rx.wait_for(|started| *started).await;
     }
 
     /// Whether the drain has started, without waiting.
-    pub fn is_started(&self) -> bool {
+    #[cfg(test)]
+    fn is_started(&self) -> bool {
         *self.started_rx.borrow()
     }
 }

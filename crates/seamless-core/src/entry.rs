@@ -167,7 +167,8 @@ fn serve_with<A: App>(loader: Loader, parent: &mut Option<upgrade::Parent>) -> a
             .map_err(|error| anyhow::anyhow!(error))
             .context("cannot create the application's state")?;
         let shared = Arc::new(Shared::new(&identity, metrics));
-        let reloader = Reloader::<A>::new(loader, loaded, Arc::new(state), shared, Some(log))
+        let reloader = Reloader::<A>::new(loader, loaded, Arc::new(state), shared)
+            .with_log(log)
             .socket_activated(socket_activated);
         let upgrades = Upgrades::of_this_process(parent.take());
         anyhow::Ok(server::run(listeners, reloader, requests, upgrades).await)

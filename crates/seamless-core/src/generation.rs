@@ -12,11 +12,11 @@ use crate::config::Config;
 
 /// The service configuration of one generation and everything built from it.
 #[derive(Debug)]
-pub struct Generation {
+pub(crate) struct Generation {
     /// The service's configuration.
-    pub config: Config,
+    pub(crate) config: Config,
     /// Its number: 1 at start, +1 per applied reload.
-    pub number: u64,
+    pub(crate) number: u64,
     /// The application's router with the protections every request gets.
     pub(crate) router: Router,
     /// `x-config-generation` for every response.

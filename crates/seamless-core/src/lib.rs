@@ -35,39 +35,39 @@
 //! |---|---|
 //! | [`app`] | what an application supplies: the [`App`] trait |
 //! | [`identity`](mod@identity) | the service's name and every name derived from it |
-//! | [`entry`] | the binary's edge: [`main`] |
-//! | [`cli`] | command line and exit codes |
+//! | `entry` | the binary's edge: [`main`] |
+//! | `cli` | command line and exit codes |
 //! | [`config`] | the service's keys beside the application's, layers, validation |
 //! | [`listeners`] | sockets from systemd (`LISTEN_FDS`) or bound ourselves |
 //! | [`signals`] | `SIGHUP`/`SIGUSR2`/`SIGTERM`/`SIGINT`/`SIGQUIT` as [`signals::Request`]s |
-//! | [`notify`] | `sd_notify`: `READY`, `RELOADING`, `STOPPING`, `STATUS`, `WATCHDOG` |
+//! | `notify` | `sd_notify`: `READY`, `RELOADING`, `STOPPING`, `STATUS`, `WATCHDOG` |
 //! | [`server`] | accept loops, connections, the events of a serving process: [`run`] |
-//! | [`generation`] | one configuration generation, swapped as a whole |
+//! | `generation` | one configuration generation, swapped as a whole |
 //! | [`routes`] | built-in routes and what is done to every response |
-//! | [`drain`] | coordination: telling tasks the drain began, knowing when all have ended |
+//! | `drain` | coordination: telling tasks the drain began, knowing when all have ended |
 //! | [`reload`] | swapping in a new configuration; `NAME reload` |
-//! | [`upgrade`] | binary hot upgrade: successor start, socket handover, `NAME upgrade` |
-//! | [`verdict`] | how the service answers a tool that signalled it (reload, upgrade) |
+//! | `upgrade` | binary hot upgrade: successor start, socket handover, `NAME upgrade` |
+//! | `verdict` | how the service answers a tool that signalled it (reload, upgrade) |
 //! | [`metrics`] | the service's and the application's metrics behind `GET /metrics` |
-//! | [`logging`] | journald natively under systemd, readable stderr otherwise |
+//! | `logging` | journald natively under systemd, readable stderr otherwise |
 
 pub mod app;
-pub mod cli;
+mod cli;
 pub mod config;
-pub mod drain;
-pub mod entry;
-pub mod generation;
+mod drain;
+mod entry;
+mod generation;
 pub mod identity;
 pub mod listeners;
-pub mod logging;
+mod logging;
 pub mod metrics;
-pub mod notify;
+mod notify;
 pub mod reload;
 pub mod routes;
 pub mod server;
 pub mod signals;
-pub mod upgrade;
-pub mod verdict;
+mod upgrade;
+mod verdict;
 
 #[cfg(test)]
 mod test_app;

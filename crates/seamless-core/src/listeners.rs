@@ -10,9 +10,9 @@
 //! sockets"), unset them so children do not inherit them, check each fd really is a listening
 //! stream socket, and make it non-blocking before tokio sees it.
 //!
-//! Reading happens in two steps because of threads: [`take_from_env`] must run before the tokio
+//! Reading happens in two steps because of threads: `take_from_env` must run before the tokio
 //! runtime starts (it changes the environment and takes ownership of fds), while turning the
-//! sockets into tokio listeners ([`Passed::into_listeners`], [`bind`]) needs the runtime.
+//! sockets into tokio listeners (`Passed::into_listeners`, [`bind`]) needs the runtime.
 //!
 //! We follow `listenfd`'s convention but do not use the crate, because no part of it fits:
 //! - Reading the variables: `ListenFd::from_env` turns an unparsable `LISTEN_FDS` into "no
@@ -97,10 +97,10 @@ pub enum ListenerError {
 
 /// Sockets systemd passed in, owned and checked, not yet registered with tokio.
 #[derive(Debug)]
-pub struct Passed {
+pub(crate) struct Passed {
     /// The sockets, in fd order, with their names.
     sockets: Vec<(String, Socket)>,
-    /// Who passed them, logged once logging is up ([`take_from_env`] runs before it is).
+    /// Who passed them, logged once logging is up (`take_from_env` runs before it is).
     convention: Convention,
 }
 
@@ -200,6 +200,20 @@ impl ActivationEnv {
     /// running, which is us. A missing `LISTEN_FDNAMES` names every socket `unknown`, as
     /// `sd_listen_fds_with_names` does. Fds start at 3, or at `LISTEN_FDS_FIRST_FD` without
     /// `LISTEN_PID`.
+    ///
+    /// ```
+    /// use seamless_core::listeners::ActivationEnv;
+    ///
+    /// let systemd = ActivationEnv {
+    ///     pid: Some("42".into()),
+    ///     fds: Some("2".into()),
+    ///     names: Some("http:metrics".into()),
+    ///     first_fd: None,
+    /// };
+    /// let fds = systemd.parse(42).unwrap().unwrap();
+    /// assert_eq!(fds, [(3, "http".to_string()), (4, "metrics".to_string())]);
+    /// assert_eq!(systemd.parse(7).unwrap(), None, "meant for PID 42");
+    /// ```
     pub fn parse(&self, our_pid: u32) -> Result<Option<Vec<(RawFd, String)>>, ListenerError> {
         match &self.pid {
             // Nothing passed, or only leftovers without a count: as without socket activation.
@@ -287,7 +301,7 @@ impl ActivationEnv {
 
 /// Whether a socket of this name serves the application: `http`, or unnamed (`unknown`, or the
 /// socket unit's name, which is systemd's default when `FileDescriptorName=` is not set).
-pub fn serves_http(name: &str) -> bool {
+pub(crate) fn serves_http(name: &str) -> bool {
     name == HTTP_NAME || name == "unknown" || name.ends_with(".socket")
 }
 
@@ -296,7 +310,7 @@ pub fn serves_http(name: &str) -> bool {
 ///
 /// Call it before any thread is started: it changes the environment. Returns `Ok(None)` when
 /// no sockets were passed to this process.
-pub fn take_from_env() -> Result<Option<Passed>, ListenerError> {
+pub(crate) fn take_from_env() -> Result<Option<Passed>, ListenerError> {
     let env = ActivationEnv::read();
     let parsed = env.parse(std::process::id());
     // Unset even when parsing failed: a child must never mistake these for its own.
@@ -369,23 +383,8 @@ fn adopt(fd: RawFd, name: &str) -> Result<Socket, ListenerError> {
 }
 
 impl Passed {
-    /// Number of sockets passed.
-    pub fn len(&self) -> usize {
-        self.sockets.len()
-    }
-
-    /// Whether no sockets were passed (`LISTEN_FDS=0`).
-    pub fn is_empty(&self) -> bool {
-        self.sockets.is_empty()
-    }
-
-    /// Who passed the sockets.
-    pub fn convention(&self) -> Convention {
-        self.convention
-    }
-
     /// Registers the sockets with the current tokio runtime. Fails when none serves `http`.
-    pub fn into_listeners(self) -> Result<Vec<Named>, ListenerError> {
+    pub(crate) fn into_listeners(self) -> Result<Vec<Named>, ListenerError> {
         if !self.sockets.iter().any(|(name, _)| serves_http(name)) {
             let names: Vec<&str> = self.sockets.iter().map(|(n, _)| n.as_str()).collect();
             return Err(ListenerError::NoHttpSocket {
@@ -427,6 +426,14 @@ impl Passed {
 }
 
 /// Binds `addr` ourselves (no socket activation): the `cargo run` and container path.
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let bound = seamless_core::listeners::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+/// assert_eq!(bound[0].name, "http");
+/// assert!(bound[0].listener.to_string().starts_with("127.0.0.1:"));
+/// # });
+/// ```
 pub async fn bind(addr: SocketAddr) -> Result<Vec<Named>, ListenerError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await

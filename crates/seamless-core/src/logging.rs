@@ -19,14 +19,14 @@ const JOURNAL_STREAM: &str = "JOURNAL_STREAM";
 
 /// Changes the active filter at run time.
 #[derive(Debug, Clone)]
-pub struct Handle {
+pub(crate) struct Handle {
     /// The reloadable filter layer's handle.
     filter: reload::Handle<EnvFilter, Registry>,
 }
 
 impl Handle {
     /// Replaces the filter with `directive` (validated by the config loader already).
-    pub fn set_level(&self, directive: &str) -> Result<(), String> {
+    pub(crate) fn set_level(&self, directive: &str) -> Result<(), String> {
         let filter = EnvFilter::try_new(directive).map_err(|e| e.to_string())?;
         self.filter.reload(filter).map_err(|e| e.to_string())
     }
@@ -34,7 +34,7 @@ impl Handle {
 
 /// Where log lines go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sink {
+pub(crate) enum Sink {
     /// The journal, natively, with structured fields.
     Journal,
     /// Human-readable lines on stderr.
@@ -43,7 +43,7 @@ pub enum Sink {
 
 /// Installs the global subscriber with `directive` as the filter; journal entries carry
 /// `identifier` as `SYSLOG_IDENTIFIER`. Call once, early.
-pub fn init(identifier: &str, directive: &str) -> (Handle, Sink) {
+pub(crate) fn init(identifier: &str, directive: &str) -> (Handle, Sink) {
     // Validated by the config loader; a broken directive here would be a bug, so fall back
     // to `info` rather than lose all logging.
     let filter = EnvFilter::try_new(directive).unwrap_or_else(|_| EnvFilter::new("info"));
@@ -80,7 +80,7 @@ pub fn init(identifier: &str, directive: &str) -> (Handle, Sink) {
 
 /// Whether `JOURNAL_STREAM` names the very file stderr is: only then is stderr the journal
 /// (a child started from a unit's shell inherits the variable but may have stderr redirected).
-pub fn stderr_is_journal() -> bool {
+pub(crate) fn stderr_is_journal() -> bool {
     let Some(expected) = std::env::var_os(JOURNAL_STREAM) else {
         return false;
     };

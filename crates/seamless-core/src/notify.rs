@@ -17,7 +17,7 @@ use sd_notify::NotifyState;
 
 /// Sends state changes to the service manager.
 #[derive(Debug, Default)]
-pub struct Notifier {
+pub(crate) struct Notifier {
     /// Set after the first failed send, so a broken `NOTIFY_SOCKET` is reported once, not on
     /// every watchdog ping.
     warned: AtomicBool,
@@ -25,18 +25,18 @@ pub struct Notifier {
 
 impl Notifier {
     /// A notifier for this process's `NOTIFY_SOCKET` (if any).
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Notifier::default()
     }
 
     /// `READY=1` with a status line: startup finished, or a reload finished (well or not).
-    pub fn ready(&self, status: &str) {
+    pub(crate) fn ready(&self, status: &str) {
         self.send(&[NotifyState::Ready, NotifyState::Status(status)]);
     }
 
     /// `RELOADING=1` with `MONOTONIC_USEC`, which systemd 253+ uses to match the reload to the
     /// signal it sent. Must be followed by [`Notifier::ready`].
-    pub fn reloading(&self) {
+    pub(crate) fn reloading(&self) {
         let now = monotonic_usec();
         let mut states = vec![NotifyState::Reloading, NotifyState::Status("reloading")];
         if let Some(now) = now {
@@ -46,18 +46,18 @@ impl Notifier {
     }
 
     /// `STOPPING=1` with a status line. Sent once, when the drain starts.
-    pub fn stopping(&self, status: &str) {
+    pub(crate) fn stopping(&self, status: &str) {
         self.send(&[NotifyState::Stopping, NotifyState::Status(status)]);
     }
 
     /// `STATUS=`: one line for `systemctl status`.
-    pub fn status(&self, status: &str) {
+    pub(crate) fn status(&self, status: &str) {
         self.send(&[NotifyState::Status(status)]);
     }
 
     /// `EXTEND_TIMEOUT_USEC=`: asks for at least `by` more time in the current phase (used when
     /// a drain may outlast `TimeoutStopSec=`).
-    pub fn extend_timeout(&self, by: Duration) {
+    pub(crate) fn extend_timeout(&self, by: Duration) {
         let usec = u32::try_from(by.as_micros()).unwrap_or(u32::MAX);
         self.send(&[NotifyState::ExtendTimeoutUsec(usec)]);
     }
@@ -65,7 +65,7 @@ impl Notifier {
     /// `MAINPID=` then `BARRIER=1`: hands the unit to a successor, and returns once systemd has
     /// processed the handover, so our own exit afterwards is not taken for the main process
     /// dying. Needs `NotifyAccess=all` (the successor speaks for itself from then on).
-    pub async fn main_pid(&self, pid: i32, status: &str) {
+    pub(crate) async fn main_pid(&self, pid: i32, status: &str) {
         let Ok(pid) = u32::try_from(pid) else { return };
         self.send(&[NotifyState::MainPid(pid), NotifyState::Status(status)]);
         if std::env::var_os(NOTIFY_SOCKET).is_none() {
@@ -77,7 +77,7 @@ impl Notifier {
     }
 
     /// `WATCHDOG=1`: the serving runtime is alive.
-    pub fn watchdog(&self) {
+    pub(crate) fn watchdog(&self) {
         self.send(&[NotifyState::Watchdog]);
     }
 
@@ -133,7 +133,7 @@ fn send_nonblocking(socket: &str, message: &[u8]) -> io::Result<()> {
 }
 
 /// `CLOCK_MONOTONIC` in microseconds: the clock systemd and `NAME reload` compare against.
-pub fn monotonic_usec() -> Option<u64> {
+pub(crate) fn monotonic_usec() -> Option<u64> {
     match NotifyState::monotonic_usec_now() {
         Ok(NotifyState::MonotonicUsec(usec)) => u64::try_from(usec).ok(),
         _ => None,
@@ -142,13 +142,13 @@ pub fn monotonic_usec() -> Option<u64> {
 
 /// The watchdog interval systemd asked for (`WATCHDOG_USEC`, when `WATCHDOG_PID` is unset or
 /// ours), or `None`.
-pub fn watchdog_interval() -> Option<Duration> {
+pub(crate) fn watchdog_interval() -> Option<Duration> {
     sd_notify::watchdog_enabled()
 }
 
 /// Pings the watchdog at half the interval, forever. Spawn it on the serving runtime: if that
 /// runtime stalls, the pings stop and systemd restarts the service, which is the point.
-pub async fn watchdog(notifier: std::sync::Arc<Notifier>, interval: Duration) {
+pub(crate) async fn watchdog(notifier: std::sync::Arc<Notifier>, interval: Duration) {
     let mut ticks = tokio::time::interval(interval / 2);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

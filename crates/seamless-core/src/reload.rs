@@ -1,13 +1,13 @@
 //! Reloading the configuration, and `NAME reload`, which waits for the verdict.
 //!
-//! In the service, [`Reloader::reload`] loads and validates a complete new configuration and
+//! In the service, `Reloader::reload` loads and validates a complete new configuration and
 //! swaps it in atomically: requests already running keep the generation they started with,
 //! new requests get the new one, nobody waits on a lock. A failed reload changes nothing.
 //!
 //! `systemctl reload` on systemd 252 cannot learn whether a reload worked (no
 //! `Type=notify-reload` there, and none of any version can report failure). So after every
-//! attempt the service writes a [`Verdict`], and `ExecReload=NAME reload --pid $MAINPID`
-//! ([`request`]) sends `SIGHUP` and waits for it: `systemctl reload` returns only once the new
+//! attempt the service writes a verdict, and `ExecReload=NAME reload --pid $MAINPID`
+//! (`request`) sends `SIGHUP` and waits for it: `systemctl reload` returns only once the new
 //! config is live, and fails, printing the error, when it is invalid.
 
 use std::path::PathBuf;
@@ -27,11 +27,11 @@ use crate::routes::Shared;
 use crate::verdict::{RequestError, Verdict};
 
 /// Name of the verdict file inside the runtime directory.
-pub const VERDICT_FILE: &str = "reload-verdict";
+pub(crate) const VERDICT_FILE: &str = "reload-verdict";
 
 /// The result of one reload attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// The new configuration is live.
     Applied {
         /// Its generation.
@@ -79,13 +79,13 @@ impl<A: App> std::fmt::Debug for Reloader<A> {
 }
 
 impl<A: App> Reloader<A> {
-    /// A reloader serving `loaded` as generation 1, with the application's long-lived `state`.
+    /// A reloader serving `loaded` as generation 1, with the application's long-lived `state`
+    /// and the process's `shared` metrics and flags.
     pub fn new(
         loader: Loader,
         loaded: Loaded<A::Config>,
         state: Arc<A::State>,
         shared: Arc<Shared>,
-        log: Option<logging::Handle>,
     ) -> Self {
         shared.metrics.set_generation(1);
         let router = A::router(&state, &loaded.app);
@@ -100,27 +100,34 @@ impl<A: App> Reloader<A> {
             app_config: loaded.app,
             state,
             shared,
-            log,
+            log: None,
             verdict_file: crate::verdict::default_path(VERDICT_FILE),
             socket_activated: false,
         }
     }
 
+    /// Applies `log.level` changes through `log`, the installed subscriber's handle.
+    pub(crate) fn with_log(mut self, log: logging::Handle) -> Self {
+        self.log = Some(log);
+        self
+    }
+
     /// Writes verdicts to `path` instead of `$RUNTIME_DIRECTORY/reload-verdict`.
-    pub fn with_verdict_file(mut self, path: Option<PathBuf>) -> Self {
+    #[cfg(test)]
+    fn with_verdict_file(mut self, path: Option<PathBuf>) -> Self {
         self.verdict_file = path;
         self
     }
 
     /// Records that the sockets came from systemd, so a changed `http.listen` is reported as
     /// not applying at all rather than "on restart".
-    pub fn socket_activated(mut self, yes: bool) -> Self {
+    pub(crate) fn socket_activated(mut self, yes: bool) -> Self {
         self.socket_activated = yes;
         self
     }
 
     /// The live configuration, shared with every connection.
-    pub fn live(&self) -> Arc<ArcSwap<Generation>> {
+    pub(crate) fn live(&self) -> Arc<ArcSwap<Generation>> {
         self.live.clone()
     }
 
@@ -130,7 +137,7 @@ impl<A: App> Reloader<A> {
     }
 
     /// Loads, validates and applies the configuration; on failure keeps the old one.
-    pub fn reload(&mut self) -> Outcome {
+    pub(crate) fn reload(&mut self) -> Outcome {
         let started_usec = monotonic_usec().unwrap_or(0);
         let started = Instant::now();
         let current = self.live.load_full();
@@ -218,7 +225,7 @@ impl<A: App> Reloader<A> {
 
 /// `NAME reload`: sends `SIGHUP` to `pid` and waits for the verdict of a reload that
 /// started afterwards.
-pub fn request(
+pub(crate) fn request(
     identity: &Identity,
     pid: i32,
     verdict_file: Option<PathBuf>,
@@ -252,7 +259,7 @@ mod tests {
         let verdict_path = dir.path().join(VERDICT_FILE);
         let state = Arc::new(Routers::default());
         let shared = Arc::new(Shared::new(&TestApp::IDENTITY, Metrics::new("example")));
-        let mut reloader = Reloader::<TestApp>::new(loader, loaded, state.clone(), shared, None)
+        let mut reloader = Reloader::<TestApp>::new(loader, loaded, state.clone(), shared)
             .with_verdict_file(Some(verdict_path.clone()));
         let before = reloader.live().load_full();
 

@@ -78,26 +78,36 @@ pub enum Stopped {
     Exited,
 }
 
-/// How this process takes part in binary upgrades (see [`crate::upgrade`]).
+/// How this process takes part in binary upgrades (`SIGUSR2`, `NAME upgrade`): the installed
+/// binary is started with the listening sockets, and this process drains once it serves.
 #[derive(Debug)]
 pub struct Upgrades {
     /// What to start on `SIGUSR2`.
-    pub successor: Successor,
+    successor: Successor,
     /// Where the outcome is written for `NAME upgrade`.
-    pub verdict_file: Option<PathBuf>,
+    verdict_file: Option<PathBuf>,
     /// When this process is itself a successor: the pipe to tell its parent it serves.
-    pub parent: Option<upgrade::Parent>,
+    parent: Option<upgrade::Parent>,
 }
 
 impl Upgrades {
     /// Upgrades to the binary at this process's install path, reporting to
-    /// `$RUNTIME_DIRECTORY/upgrade-verdict`.
-    pub fn of_this_process(parent: Option<upgrade::Parent>) -> Self {
+    /// `$RUNTIME_DIRECTORY/upgrade-verdict`; `parent` is the process that started this one by
+    /// an upgrade, if any.
+    pub(crate) fn of_this_process(parent: Option<upgrade::Parent>) -> Self {
         Upgrades {
             successor: Successor::of_this_process(),
             verdict_file: crate::verdict::default_path(upgrade::VERDICT_FILE),
             parent,
         }
+    }
+}
+
+impl Default for Upgrades {
+    /// Upgrades to the binary at this process's install path; this process was not started by
+    /// an upgrade.
+    fn default() -> Self {
+        Upgrades::of_this_process(None)
     }
 }
 
@@ -139,9 +149,9 @@ impl Upgrades {
 ///     let loader = Loader::new(&Hello::IDENTITY, Some("/dev/null".into()));
 ///     let loaded = loader.load::<NoConfig>()?;
 ///     let shared = Arc::new(Shared::new(&Hello::IDENTITY, Metrics::new("hello")));
-///     let reloader = Reloader::<Hello>::new(loader, loaded, Arc::new(()), shared, None);
+///     let reloader = Reloader::<Hello>::new(loader, loaded, Arc::new(()), shared);
 ///     let (requests_tx, requests_rx) = tokio::sync::mpsc::channel(1);
-///     let upgrades = Upgrades::of_this_process(None);
+///     let upgrades = Upgrades::default();
 ///     let serving = tokio::spawn(seamless_core::run(listeners, reloader, requests_rx, upgrades));
 ///
 ///     let answer = tokio::task::spawn_blocking(move || {

@@ -7,7 +7,7 @@
 //! | `SIGTERM`, first `SIGINT` | [`Request::Drain`] |
 //! | `SIGQUIT`, second `SIGINT` | [`Request::Exit`] |
 //!
-//! Handlers are installed by [`listen`] before the service reports `READY=1`: `SIGHUP`'s default
+//! Handlers are installed by `listen` before the service reports `READY=1`: `SIGHUP`'s default
 //! action kills the process, so a reload sent right after start must find a handler.
 
 use tokio::signal::unix::{SignalKind, signal};
@@ -33,7 +33,7 @@ pub enum Request {
 /// Installs the handlers and returns the stream of requests.
 ///
 /// Must be called inside the tokio runtime. Fails only if a handler cannot be installed.
-pub fn listen() -> std::io::Result<mpsc::Receiver<Request>> {
+pub(crate) fn listen() -> std::io::Result<mpsc::Receiver<Request>> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

@@ -37,20 +37,17 @@ use crate::listeners::{LISTEN_FDNAMES, LISTEN_FDS, LISTEN_FDS_START, LISTEN_PID}
 
 /// Names the fd on which a successor reports that it serves. The library's own protocol
 /// between two processes of one binary, so named after the library, not the service.
-pub const READY_FD: &str = "SEAMLESS_CORE_UPGRADE_READY_FD";
+pub(crate) const READY_FD: &str = "SEAMLESS_CORE_UPGRADE_READY_FD";
 /// `WATCHDOG_PID` names the old process; the successor must ping for itself.
 const WATCHDOG_PID: &str = "WATCHDOG_PID";
 /// Width of the `LISTEN_PID` value, filled in after `fork` without allocating.
 const PID_DIGITS: usize = 10;
 /// Verdict file name in `$RUNTIME_DIRECTORY`, read by `NAME upgrade`.
-pub const VERDICT_FILE: &str = "upgrade-verdict";
+pub(crate) const VERDICT_FILE: &str = "upgrade-verdict";
 
 /// Why a successor did not take over.
 #[derive(Debug, thiserror::Error)]
-pub enum UpgradeError {
-    /// An upgrade is already under way.
-    #[error("an upgrade is already in progress")]
-    InProgress,
+pub(crate) enum UpgradeError {
     /// The binary's path could not be determined or used.
     #[error("cannot use {path} as the new binary: {reason}")]
     Binary {
@@ -97,7 +94,7 @@ pub enum UpgradeError {
 
 /// What a successor is started from: our own binary path and arguments.
 #[derive(Debug, Clone)]
-pub struct Successor {
+pub(crate) struct Successor {
     /// The install path of the binary.
     exe: PathBuf,
     /// Arguments after `argv[0]`.
@@ -106,7 +103,7 @@ pub struct Successor {
 
 impl Successor {
     /// The binary this process was started from, by path, and our own arguments.
-    pub fn of_this_process() -> Self {
+    pub(crate) fn of_this_process() -> Self {
         Successor {
             exe: install_path(),
             args: std::env::args_os().skip(1).collect(),
@@ -114,13 +111,13 @@ impl Successor {
     }
 
     /// The install path the successor is started from.
-    pub fn exe(&self) -> &Path {
+    pub(crate) fn exe(&self) -> &Path {
         &self.exe
     }
 
     /// Starts the successor with `sockets` and waits until it serves; returns its PID.
     /// On failure the successor is gone (killed if need be).
-    pub async fn start(
+    pub(crate) async fn start(
         &self,
         sockets: &[(String, OwnedFd)],
         ready_timeout: Duration,
@@ -437,7 +434,7 @@ fn fd_number(n: usize) -> RawFd {
 /// The path this binary was started from. After a package replaced the file,
 /// `/proc/self/exe` reads `/usr/bin/NAME (deleted)`: the path is what we want, the deleted
 /// inode is exactly what we must not run.
-pub fn install_path() -> PathBuf {
+pub(crate) fn install_path() -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
     let text = exe.as_os_str().as_bytes();
     match text.strip_suffix(b" (deleted)") {
@@ -448,7 +445,7 @@ pub fn install_path() -> PathBuf {
 
 /// In a successor: takes the pipe named by [`READY_FD`], if any, and unsets the variable.
 /// Call before any thread starts.
-pub fn take_parent() -> Option<Parent> {
+pub(crate) fn take_parent() -> Option<Parent> {
     let value = std::env::var(READY_FD).ok();
     #[allow(unsafe_code)]
     // SAFETY: called before the runtime or any other thread starts.
@@ -470,23 +467,23 @@ pub fn take_parent() -> Option<Parent> {
 
 /// In a successor: the pipe to the process that started us.
 #[derive(Debug)]
-pub struct Parent(std::fs::File);
+pub(crate) struct Parent(std::fs::File);
 
 impl Parent {
     /// Tells the parent we serve. Errors mean the parent is gone; nothing to do then.
-    pub fn report_ready(mut self) {
+    pub(crate) fn report_ready(mut self) {
         let _ = std::io::Write::write_all(&mut self.0, b"ready\n");
     }
 
     /// Tells the parent why we could not start (it reports this to `NAME upgrade`).
-    pub fn report_failure(mut self, reason: &str) {
+    pub(crate) fn report_failure(mut self, reason: &str) {
         let line = format!("error {}\n", reason.replace('\n', " "));
         let _ = std::io::Write::write_all(&mut self.0, line.as_bytes());
     }
 }
 
 /// `NAME upgrade`: sends `SIGUSR2` and waits for the outcome.
-pub fn request(
+pub(crate) fn request(
     identity: &crate::Identity,
     pid: i32,
     verdict_file: Option<PathBuf>,

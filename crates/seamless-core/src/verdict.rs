@@ -13,24 +13,24 @@ use nix::sys::signal::Signal;
 use crate::notify::monotonic_usec;
 
 /// Set by systemd for units with `RuntimeDirectory=`.
-pub const RUNTIME_DIRECTORY: &str = "RUNTIME_DIRECTORY";
+pub(crate) const RUNTIME_DIRECTORY: &str = "RUNTIME_DIRECTORY";
 
 /// What the service tells the waiting tool about one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verdict {
+pub(crate) struct Verdict {
     /// `CLOCK_MONOTONIC` µs when the attempt started.
-    pub started_usec: u64,
+    pub(crate) started_usec: u64,
     /// Whether the attempt succeeded.
-    pub ok: bool,
+    pub(crate) ok: bool,
     /// Whether the attempt is still under way (an upgrade waiting for its successor).
-    pub pending: bool,
+    pub(crate) pending: bool,
     /// One line for the operator: what is live now, or why the attempt failed.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 impl Verdict {
     /// A verdict for an attempt that started at `started_usec`.
-    pub fn new(started_usec: u64, ok: bool, message: impl Into<String>) -> Self {
+    pub(crate) fn new(started_usec: u64, ok: bool, message: impl Into<String>) -> Self {
         Verdict {
             started_usec,
             ok,
@@ -41,7 +41,7 @@ impl Verdict {
 
     /// A marker for an attempt still under way: waiting tools keep waiting, and a second
     /// request is refused before it is even sent.
-    pub fn pending(started_usec: u64, message: impl Into<String>) -> Self {
+    pub(crate) fn pending(started_usec: u64, message: impl Into<String>) -> Self {
         Verdict {
             pending: true,
             ..Verdict::new(started_usec, false, message)
@@ -77,14 +77,14 @@ impl Verdict {
     }
 
     /// Writes atomically (temp file + rename), so a reader never sees half a verdict.
-    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+    pub(crate) fn write(&self, path: &Path) -> std::io::Result<()> {
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, self.encode())?;
         std::fs::rename(&tmp, path)
     }
 
     /// Writes the verdict if there is somewhere to write it; failure is logged, not fatal.
-    pub fn publish(&self, path: Option<&Path>) {
+    pub(crate) fn publish(&self, path: Option<&Path>) {
         if let Some(path) = path {
             if let Err(error) = self.write(path) {
                 tracing::warn!(%error, path = %path.display(), "cannot write the verdict file");
@@ -93,19 +93,19 @@ impl Verdict {
     }
 
     /// Reads a complete verdict, or `None` (absent, partial or garbage).
-    pub fn read(path: &Path) -> Option<Self> {
+    pub(crate) fn read(path: &Path) -> Option<Self> {
         Verdict::decode(&std::fs::read_to_string(path).ok()?)
     }
 }
 
 /// `$RUNTIME_DIRECTORY/NAME`, when systemd (or the operator) set the variable.
-pub fn default_path(name: &str) -> Option<PathBuf> {
+pub(crate) fn default_path(name: &str) -> Option<PathBuf> {
     std::env::var_os(RUNTIME_DIRECTORY).map(|dir| Path::new(&dir).join(name))
 }
 
 /// Why a signalled attempt did not report success.
 #[derive(Debug, thiserror::Error)]
-pub enum RequestError {
+pub(crate) enum RequestError {
     /// Nowhere to read the verdict from.
     #[error(
         "cannot wait for the verdict in {}: no such directory (is the service running? set ${RUNTIME_DIRECTORY} as the service has it, or pass --verdict-file)", .0.display()
@@ -144,7 +144,7 @@ const STALE_PENDING: Duration = Duration::from_secs(600);
 /// `$RUNTIME_DIRECTORY/default_name`, else `packaged_dir/default_name`, where `packaged_dir`
 /// is the packaged unit's `RuntimeDirectory=`: what an operator's shell, without
 /// `$RUNTIME_DIRECTORY`, means) of an attempt that started afterwards.
-pub fn request(
+pub(crate) fn request(
     pid: i32,
     signal: Signal,
     path: Option<PathBuf>,

@@ -66,7 +66,7 @@ async fn serve_once(
         .await
         .expect("state");
     let shared = Arc::new(Shared::new(&Careless::IDENTITY, metrics));
-    let reloader = Reloader::<Careless>::new(loader, loaded, Arc::new(()), shared, None);
+    let reloader = Reloader::<Careless>::new(loader, loaded, Arc::new(()), shared);
     let (requests_tx, requests_rx) = mpsc::channel(8);
     let listeners = vec![Named {
         name: "http".to_owned(),
@@ -76,7 +76,7 @@ async fn serve_once(
         listeners,
         reloader,
         requests_rx,
-        Upgrades::of_this_process(None),
+        Upgrades::default(),
     ));
     (requests_tx, task)
 }
