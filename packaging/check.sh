@@ -34,7 +34,7 @@
 #         with the shipped example drop-in that allows outbound connections
 #         (/usr/share/doc/NAME/examples/outbound.conf) verify still prints
 #         nothing and the exposure is at most 1.5.
-#   both  installation creates the empty drop-in directory /etc/NAME/NAME.d/
+#   both  the package ships the drop-in directory /etc/NAME/NAME.d/ (with a README)
 #         (neither cargo-deb nor cargo-generate-rpm can package an empty
 #         directory, so postinst / %post make it; purge / erase remove it).
 #
@@ -181,8 +181,11 @@ check_deb_scripts() {
 	printf '      fresh install calls:\n'; sim_show
 	expect_call "deb install enables $NAME.socket" "^deb-systemd-helper enable .*$SOCKET_RE|^systemctl .*enable .*$SOCKET_RE"
 	expect_call "deb install starts $NAME.socket" "^(deb-systemd-invoke|systemctl) .*start .*$SOCKET_RE"
-	expect_call "deb install creates the empty drop-in directory /etc/$NAME/$NAME.d" \
-		"^mkdir -p /etc/$NAME/$NAME\\.d\$"
+	if dpkg-deb -c "$deb" | grep -Eq "\./etc/$NAME/$NAME\.d/README\$"; then
+		ok "deb ships the drop-in directory /etc/$NAME/$NAME.d (with its README)"
+	else
+		fail "deb does not ship /etc/$NAME/$NAME.d/README"
+	fi
 
 	# dpkg's order for an upgrade: old prerm, new preinst, old postrm, new
 	# postinst. This package's scripts play both the old and the new side.
@@ -222,8 +225,11 @@ check_rpm_scripts() {
 	run_script "$work/rpm-POSTIN" '' 1
 	printf '      fresh install calls:\n'; sim_show
 	expect_call "rpm install presets $NAME.socket" "^systemctl .*preset .*$SOCKET_RE"
-	expect_call "rpm install creates the empty drop-in directory /etc/$NAME/$NAME.d" \
-		"^mkdir -p /etc/$NAME/$NAME\\.d\$"
+	if rpm -qpc "$rpm_file" 2>/dev/null | grep -qx "/etc/$NAME/$NAME.d/README"; then
+		ok "rpm ships the drop-in directory /etc/$NAME/$NAME.d (its README, a config file)"
+	else
+		fail "rpm does not ship /etc/$NAME/$NAME.d/README as a config file"
+	fi
 
 	# Upgrade: new %post, then the old package's %preun and %postun.
 	sim_begin

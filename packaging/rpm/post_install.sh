@@ -1,7 +1,3 @@
-# The drop-in directory, empty, so that an administrator can put a file in
-# without creating it first. cargo-generate-rpm 0.21 cannot package a bare
-# directory; %postun removes it again when it is empty.
-mkdir -p /etc/seamless/seamless.d 2>/dev/null || :
 # %post, as %systemd_post seamless.socket seamless.service expands.
 # $1 is the number of installed instances after this one: 1 on first install.
 # Presets decide whether the socket is enabled (on Fedora and RHEL they keep

@@ -10,11 +10,11 @@ if command -v systemctl >/dev/null 2>&1; then
         systemctl try-restart seamless.service >/dev/null 2>&1 || :
     fi
 fi
-# The package does not own /etc/seamless or /etc/seamless/seamless.d
-# (cargo-generate-rpm 0.21 cannot package a bare directory: `dir = true` fails
-# with "No such file or directory"), so rpm never removes them. On final
-# removal take them away too, unless they still hold something: a modified
-# seamless.toml saved as .rpmsave, or the administrator's drop-ins.
+# The package owns the files in /etc/seamless and /etc/seamless/seamless.d but
+# not the directories themselves (cargo-generate-rpm 0.21 cannot package a
+# directory: `dir = true` fails with "No such file or directory"), so rpm never
+# removes them. On final removal take them away too, unless they still hold
+# something: a modified file saved as .rpmsave, or the administrator's drop-ins.
 if [ "$1" -eq 0 ]; then
     rmdir --ignore-fail-on-non-empty /etc/seamless/seamless.d /etc/seamless 2>/dev/null || :
 fi
