@@ -497,6 +497,8 @@ impl<A: App> Service<A> {
                 // No one can ask for anything any more: wait out the announce.
                 None => open = false,
                 Some(Request::Reload) => {
+                    // Applied: requests are still served. A unit already stopping stays so
+                    // whatever RELOADING=1/READY=1 say; `NAME reload` gets its verdict.
                     deferred = self.reload(requests);
                     self.notifier.status(&status);
                 }
