@@ -901,7 +901,11 @@ const FOREVER: &str = "18446744073709551615s";
 async fn endless_timeouts_are_refused_at_start() {
     // Beyond what a timer can hold: refused by the configuration's upper bound, not served
     // with a deadline that would overflow.
-    for key in ["http.header_read_timeout", "shutdown.drain_timeout"] {
+    for key in [
+        "http.header_read_timeout",
+        "shutdown.drain_timeout",
+        "shutdown.announce",
+    ] {
         let (section, name) = key.split_once('.').expect("section.name");
         let systemd = Systemd::new();
         systemd.write_config(&format!("[{section}]\n{name} = \"{FOREVER}\"\n"));

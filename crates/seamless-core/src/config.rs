@@ -194,6 +194,12 @@ pub struct HttpConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShutdownConfig {
+    /// How long `/readyz` answers 503 after `SIGTERM` while everything else is served as
+    /// usual, before the drain starts: time for a load balancer's health checks to take the
+    /// instance out of rotation. `0s` (the default) drains at once, which is right under socket
+    /// activation with one instance per host. Changes live on reload.
+    #[serde(with = "humantime_serde")]
+    pub announce: Duration,
     /// Hard deadline for the whole drain. Keep it below the unit's `TimeoutStopSec=`.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
@@ -246,6 +252,7 @@ impl Default for HttpConfig {
 impl Default for ShutdownConfig {
     fn default() -> Self {
         ShutdownConfig {
+            announce: Duration::ZERO,
             drain_timeout: Duration::from_secs(25),
             linger: Duration::from_secs(1),
         }
@@ -509,11 +516,12 @@ impl Config {
         if let Some((key, _)) = positive.iter().find(|(_, ok)| !ok) {
             return Err(Invalid::new(key, "must be greater than zero"));
         }
-        let durations: [(&'static str, Duration); 5] = [
+        let durations: [(&'static str, Duration); 6] = [
             ("http.header_read_timeout", self.http.header_read_timeout),
             ("http.request_timeout", self.http.request_timeout),
             ("shutdown.drain_timeout", self.shutdown.drain_timeout),
             ("shutdown.linger", self.shutdown.linger),
+            ("shutdown.announce", self.shutdown.announce),
             ("upgrade.ready_timeout", self.upgrade.ready_timeout),
         ];
         if let Some((key, _)) = durations.iter().find(|(_, d)| *d > MAX_DURATION) {

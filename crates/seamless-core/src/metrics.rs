@@ -44,6 +44,8 @@ pub struct Metrics {
     reloads_failed: Counter,
     /// 1 once the drain has started.
     draining: Gauge<i64, AtomicI64>,
+    /// 1 while a stop is announced (`shutdown.announce`), before the drain.
+    announcing: Gauge<i64, AtomicI64>,
 }
 
 impl Metrics {
@@ -77,6 +79,7 @@ impl Metrics {
             reloads_ok,
             reloads_failed,
             draining: Gauge::default(),
+            announcing: Gauge::default(),
         };
         let registry = &mut metrics.registry;
         registry.register(
@@ -103,6 +106,11 @@ impl Metrics {
             "draining",
             "1 while the service drains before exit",
             metrics.draining.clone(),
+        );
+        registry.register(
+            "announcing",
+            "1 while the service announces a stop: not ready, still serving",
+            metrics.announcing.clone(),
         );
         metrics
     }
@@ -170,6 +178,11 @@ impl Metrics {
         self.draining.set(1);
     }
 
+    /// Marks the announce of a stop as started (`true`) or ended.
+    pub(crate) fn set_announcing(&self, announcing: bool) {
+        self.announcing.set(i64::from(announcing));
+    }
+
     /// The OpenMetrics text exposition of every family, the application's included.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(2048);
@@ -205,6 +218,7 @@ mod tests {
             "example_reloads_total{result=\"ok\"} 1",
             "example_reloads_total{result=\"failed\"} 1",
             "example_draining 1",
+            "example_announcing 0",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -3,7 +3,7 @@
 //! | route | answer |
 //! |---|---|
 //! | `GET /healthz` | `200 ok` while the process serves |
-//! | `GET /readyz` | `200 ready`, `503 draining` once the drain has started |
+//! | `GET /readyz` | `200 ready`, `503 stopping` while a stop is announced, `503 draining` once the drain has started |
 //! | `GET /metrics` | OpenMetrics text: the service's metrics and the application's |
 //! | `GET /version` | `NAME VERSION (pid PID)`: which binary and process answered |
 //!
@@ -26,6 +26,9 @@ pub struct Shared {
     pub(crate) metrics: Metrics,
     /// Whether the drain has started: `/readyz` answers 503 and responses close connections.
     draining: AtomicBool,
+    /// Whether a stop is being announced (`shutdown.announce`): `/readyz` answers 503, while
+    /// everything else is served as usual — keep-alive included, unlike `draining`.
+    announcing: AtomicBool,
     /// The body of `/version`, made once: name, version and PID do not change.
     version: Bytes,
 }
@@ -43,6 +46,7 @@ impl Shared {
         Shared {
             metrics,
             draining: AtomicBool::new(false),
+            announcing: AtomicBool::new(false),
             version: Bytes::from(version),
         }
     }
@@ -51,6 +55,19 @@ impl Shared {
     pub(crate) fn set_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
         self.metrics.set_draining();
+        // The drain ends the announce; `/readyz` has said 503 all along.
+        self.set_announcing(false);
+    }
+
+    /// Marks the announce of a stop as started or ended (for `/readyz` and the metric).
+    pub(crate) fn set_announcing(&self, announcing: bool) {
+        self.announcing.store(announcing, Ordering::Relaxed);
+        self.metrics.set_announcing(announcing);
+    }
+
+    /// Whether a stop is being announced.
+    pub(crate) fn announcing(&self) -> bool {
+        self.announcing.load(Ordering::Relaxed)
     }
 
     /// Whether the drain has started.
@@ -81,6 +98,11 @@ pub(crate) fn builtin<B>(request: &Request<B>, shared: &Shared) -> Option<Respon
         "/readyz" if shared.draining() => (
             StatusCode::SERVICE_UNAVAILABLE,
             text(Body::from("draining\n")),
+        )
+            .into_response(),
+        "/readyz" if shared.announcing() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            text(Body::from("stopping\n")),
         )
             .into_response(),
         "/readyz" => text(Body::from("ready\n")).into_response(),
@@ -179,5 +201,28 @@ mod tests {
         let mut h2 = "app".into_response();
         finish(&mut h2, Version::HTTP_2, &shared, &generation);
         assert!(h2.headers().get(header::CONNECTION).is_none());
+    }
+
+    #[tokio::test]
+    async fn announcing_is_not_ready_but_keeps_connections_open() {
+        let shared = shared();
+        let generation = HeaderValue::from(1);
+        shared.set_announcing(true);
+        let ready = builtin(&get("/readyz"), &shared).expect("builtin");
+        assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body(ready).await, "stopping\n");
+        let mut response = "app".into_response();
+        finish(&mut response, Version::HTTP_11, &shared, &generation);
+        assert!(response.headers().get(header::CONNECTION).is_none());
+        let metrics = builtin(&get("/metrics"), &shared).expect("builtin");
+        assert!(body(metrics).await.contains("example_announcing 1"));
+
+        // The drain takes over: still not ready, and the announce is over.
+        shared.set_draining();
+        assert!(!shared.announcing());
+        let ready = builtin(&get("/readyz"), &shared).expect("builtin");
+        assert_eq!(body(ready).await, "draining\n");
+        let metrics = builtin(&get("/metrics"), &shared).expect("builtin");
+        assert!(body(metrics).await.contains("example_announcing 0"));
     }
 }

@@ -21,6 +21,16 @@
 //! 4. HTTP/2 connections get GOAWAY at once: the protocol tells clients which streams were
 //!    processed, so nothing is lost;
 //! 5. `shutdown.drain_timeout` bounds it all.
+//!
+//! ## Announcing the stop first
+//!
+//! Behind a load balancer, an instance that stops accepting at once still gets the traffic the
+//! balancer sends until its health checks notice. With `shutdown.announce` set, a stop first
+//! makes `/readyz` answer 503 for that long while everything else is served as usual (accepting,
+//! keep-alive, no `Connection: close`), so the balancer takes the instance out of rotation
+//! before the drain begins. A second stop request skips the rest of the wait; an exit request
+//! exits. A reload during the announce is applied as usual (requests are still served), but the
+//! announce keeps the length it started with.
 
 use std::convert::Infallible;
 use std::os::fd::{AsFd, OwnedFd};
@@ -190,6 +200,9 @@ pub async fn run<A: App>(
             Event::Requested(Some(Request::Upgrade)) => service.start_upgrade(),
             Event::Requested(Some(Request::Exit)) => return service.exit(),
             Event::Requested(Some(Request::Drain) | None) => {
+                if service.announce(&mut requests).await == Request::Exit {
+                    return service.exit();
+                }
                 return service.drain(&mut requests).await;
             }
             Event::UpgradeFinished(Ok(pid)) => {
@@ -236,6 +249,8 @@ struct Service<A: App> {
     upgrades: Upgrades,
     /// The upgrade under way, if any.
     upgrading: Option<Upgrading>,
+    /// Whether `STOPPING=1` went out with an announce, so the drain does not send it again.
+    announced: bool,
 }
 
 impl<A: App> Service<A> {
@@ -291,6 +306,7 @@ impl<A: App> Service<A> {
             watchdog,
             upgrades,
             upgrading: None,
+            announced: false,
         }
     }
 
@@ -436,8 +452,12 @@ impl<A: App> Service<A> {
         self.shared.set_draining();
         let open = self.shared.metrics.open_connections();
         let deadline = self.reloader.live().load().config.shutdown.drain_timeout;
-        self.notifier
-            .stopping(&format!("draining {open} connections"));
+        let status = format!("draining {open} connections");
+        if self.announced {
+            self.notifier.status(&status);
+        } else {
+            self.notifier.stopping(&status);
+        }
         self.notifier
             .extend_timeout(deadline.saturating_add(STOP_MARGIN));
         tracing::info!(
@@ -446,6 +466,64 @@ impl<A: App> Service<A> {
             "draining"
         );
         self.finish_drain(requests).await
+    }
+
+    /// Announces the stop for `shutdown.announce` before the drain: `/readyz` answers 503, and
+    /// everything else is served as usual. Returns what to do next: [`Request::Drain`] when
+    /// the time is up or a stop was requested again, [`Request::Exit`] on an exit request.
+    async fn announce(&mut self, requests: &mut mpsc::Receiver<Request>) -> Request {
+        let config = self.reloader.live().load().config.shutdown.clone();
+        if config.announce.is_zero() {
+            return Request::Drain;
+        }
+        self.cancel_upgrade();
+        self.shared.set_announcing(true);
+        self.announced = true;
+        let status = format!(
+            "announcing shutdown: not ready, draining in {}",
+            humantime::format_duration(config.announce)
+        );
+        self.notifier.stopping(&status);
+        // systemd's stop timeout must cover the announce and the drain after it.
+        let stop_time = config.announce.saturating_add(config.drain_timeout);
+        self.notifier
+            .extend_timeout(stop_time.saturating_add(STOP_MARGIN));
+        tracing::info!(
+            announce_ms = millis(config.announce),
+            "announcing shutdown: /readyz answers 503"
+        );
+        let elapsed = tokio::time::sleep(config.announce);
+        tokio::pin!(elapsed);
+        let (mut deferred, mut open) = (None, true);
+        loop {
+            let request = match deferred.take() {
+                Some(request) => Some(request),
+                None => tokio::select! {
+                    () = &mut elapsed => return Request::Drain,
+                    request = requests.recv(), if open => request,
+                },
+            };
+            match request {
+                // No one can ask for anything any more: wait out the announce.
+                None => open = false,
+                Some(Request::Reload) => {
+                    // Applied: requests are still served. A unit already stopping stays so
+                    // whatever RELOADING=1/READY=1 say; `NAME reload` gets its verdict.
+                    deferred = self.reload(requests);
+                    self.notifier.status(&status);
+                }
+                Some(Request::Upgrade) => {
+                    tracing::warn!("upgrade requested while stopping; ignored");
+                }
+                Some(Request::Drain) => {
+                    tracing::info!("stop requested again; draining now");
+                    return Request::Drain;
+                }
+                Some(Request::Exit) => return Request::Exit,
+                #[cfg(feature = "stall-hook")]
+                Some(Request::Stall) => stall_runtime(),
+            }
+        }
     }
 
     /// A stop during an upgrade kills the starting successor: it must not outlive the stop.

@@ -1,0 +1,272 @@
+#!/usr/bin/env bash
+# A fleet behind a load balancer: three self-bound instances of the release
+# binary on 127.0.0.2-4, HAProxy in front health-checking /readyz every
+# 200 ms, and a rolling restart (each instance in turn: SIGTERM, wait for its
+# exit, start it again, wait until HAProxy sees it healthy) under strict load
+# through HAProxy (loadgen: every request counted, nothing retried), with
+# keep-alive and with connection-close clients.
+#
+# Each mode runs twice: with shutdown.announce set, where any failed request
+# fails the script, and with announce 0s, whose failures are only printed, for
+# comparison: an instance that stops accepting at once gets the requests the
+# balancer sends it before its next health check.
+#
+# Usage:
+#   tests/fleet/run.sh [--bin PATH] [--loadgen PATH] [--announce DURATION]
+#                      [--restarts N]
+#
+#   --bin       the service binary (default: target/release/NAME, NAME from
+#               Cargo.toml's [package]; CARGO_TARGET_DIR is honoured)
+#   --loadgen   the load generator (default: target/release/loadgen)
+#   --announce  shutdown.announce of the checked runs (default 1s: at least
+#               HAProxy's inter x fall plus a check's round trip)
+#   --restarts  rolling restarts per run (default 1)
+#
+# Output: one "ok - ..." or "FAIL - ..." line per checked run and one
+# "info - ..." line per comparison run, each with the exact counts; the exit
+# status is non-zero when a check failed. Logs and loadgen's JSON reports go to
+# a temporary directory, kept (and named) when something failed.
+# Needs haproxy, curl and python3; installs nothing. All traffic stays on
+# loopback; every wait is bounded.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+NAME=$(sed -n '/^\[package\]/,/^\[/s/^name = "\(.*\)"/\1/p' "$REPO/Cargo.toml")
+TARGET=$(realpath -m "${CARGO_TARGET_DIR:-$REPO/target}")
+readonly REPO NAME TARGET
+
+# HAProxy's frontend and stats page; each instance listens on PORT at its own
+# loopback address (all of 127.0.0.0/8 is loopback on Linux).
+readonly FRONTEND=127.0.0.1:18100 STATS=127.0.0.1:18109 PORT=18101
+readonly HOSTS=(127.0.0.2 127.0.0.3 127.0.0.4)
+# The health check, as a load balancer in front of real instances would have it.
+readonly CHECK_INTER=200ms CHECK_FALL=1 CHECK_RISE=1
+readonly CONNECTIONS=16 MODES=(keepalive close)
+# Fewer successful requests than this means the load proved nothing.
+readonly MIN_OK=500
+# Upper bounds, in seconds, for things that take well under a second.
+readonly READY_WITHIN=20 LOAD_BOUND=300
+
+BIN=$TARGET/release/$NAME LOADGEN=$TARGET/release/loadgen ANNOUNCE=1s RESTARTS=1
+WORK='' HAPROXY_PID='' LOAD_PID='' FAILED=0
+# Instance N's PID; the counts of the last run.
+PIDS=() COUNTS=()
+
+usage() {
+	sed -n '/^# Usage:/,/^# Output:/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//' >&2
+	exit 2
+}
+
+die() {
+	printf 'fleet: %s\n' "$*" >&2
+	FAILED=1
+	exit 2
+}
+
+say() { printf '# %s\n' "$*"; }
+
+# Stops whatever this script started, by PID, and removes the work directory
+# unless a check failed.
+cleanup() {
+	local pid
+	for pid in "${PIDS[@]}" "$LOAD_PID" "$HAPROXY_PID"; do
+		if [[ -n $pid ]]; then kill -KILL "$pid" 2>/dev/null || true; fi
+	done
+	wait 2>/dev/null || true
+	if [[ -n $WORK ]]; then
+		if ((FAILED)); then
+			echo "fleet: logs and reports kept in $WORK" >&2
+		else
+			rm -rf "$WORK"
+		fi
+	fi
+}
+
+# Whether PID is alive (an exited child not yet reaped is not).
+alive() {
+	local state
+	state=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) || return 1
+	[[ -n $state && $state != Z ]]
+}
+
+gone() { ! alive "$1"; }
+
+# Polls COMMAND... every 50 ms until it succeeds, at most SECONDS.
+within() {
+	local seconds=$1 deadline
+	shift
+	deadline=$((SECONDS + seconds))
+	until "$@"; do
+		((SECONDS < deadline)) || return 1
+		sleep 0.05
+	done
+}
+
+answers_ready() { curl -fs -o /dev/null --max-time 1 "http://$1:$PORT/readyz"; }
+
+# HAProxy's view of instance N: UP, DOWN, ... (the stats CSV's 18th column).
+haproxy_status() {
+	curl -fs --max-time 1 "http://$STATS/stats;csv" |
+		awk -F, -v server="i$1" '$1 == "fleet" && $2 == server { print $18 }'
+}
+
+haproxy_sees_up() { [[ $(haproxy_status "$1") == UP ]]; }
+
+# Writes instance N's configuration: its address and shutdown.announce.
+write_config() {
+	printf '[http]\nlisten = "%s:%s"\n\n[shutdown]\nannounce = "%s"\n' \
+		"${HOSTS[$1]}" "$PORT" "$2" >"$WORK/i$1.toml"
+}
+
+# Starts instance N self-bound (nothing inherited from a manager that may run
+# this script), waits until it answers /readyz and HAProxy routes to it.
+start_instance() {
+	local n=$1
+	env -u NOTIFY_SOCKET -u LISTEN_FDS -u LISTEN_PID -u LISTEN_FDNAMES \
+		-u WATCHDOG_USEC -u WATCHDOG_PID \
+		"$BIN" serve --config "$WORK/i$n.toml" >>"$WORK/i$n.log" 2>&1 &
+	PIDS[n]=$!
+	within "$READY_WITHIN" answers_ready "${HOSTS[$n]}" ||
+		die "instance $n (${HOSTS[$n]}:$PORT) not ready within ${READY_WITHIN}s; see $WORK/i$n.log"
+	within "$READY_WITHIN" haproxy_sees_up "$n" ||
+		die "HAProxy does not see instance $n up within ${READY_WITHIN}s (status: $(haproxy_status "$n"))"
+}
+
+# Sends SIGNAL to instance N and waits for its exit: within the announce, the
+# drain and a margin; a stop must end with status 0.
+stop_instance() {
+	local n=$1 signal=$2 pid=${PIDS[$1]} status=0
+	kill "-$signal" "$pid"
+	within 60 gone "$pid" || die "instance $n (PID $pid) still runs 60s after SIG$signal"
+	wait "$pid" || status=$?
+	PIDS[n]=''
+	if [[ $signal == TERM ]] && ((status != 0)); then
+		die "instance $n exited with status $status after SIGTERM; see $WORK/i$n.log"
+	fi
+}
+
+start_haproxy() {
+	local n
+	{
+		cat <<-EOF
+			global
+			    maxconn 4096
+			defaults
+			    mode http
+			    timeout connect 1s
+			    timeout client 10s
+			    timeout server 10s
+			frontend front
+			    bind $FRONTEND
+			    default_backend fleet
+			backend fleet
+			    balance roundrobin
+			    option httpchk GET /readyz
+			    http-check expect status 200
+			    default-server inter $CHECK_INTER fall $CHECK_FALL rise $CHECK_RISE
+		EOF
+		for n in "${!HOSTS[@]}"; do
+			printf '    server i%s %s:%s check\n' "$n" "${HOSTS[$n]}" "$PORT"
+		done
+		cat <<-EOF
+			frontend stats
+			    bind $STATS
+			    stats enable
+			    stats uri /stats
+		EOF
+	} >"$WORK/haproxy.cfg"
+	haproxy -c -q -f "$WORK/haproxy.cfg" || die "HAProxy rejects $WORK/haproxy.cfg"
+	haproxy -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 &
+	HAPROXY_PID=$!
+	within "$READY_WITHIN" curl -fs -o /dev/null --max-time 1 "http://$STATS/stats;csv" ||
+		die "HAProxy's stats page does not answer; see $WORK/haproxy.log"
+}
+
+# One run: a fresh fleet with shutdown.announce = ANNOUNCE, MODE clients
+# through HAProxy, RESTARTS rolling restarts. Sets COUNTS to failed, total,
+# ok, and the statuses and failure kinds seen.
+run() {
+	local mode=$1 announce=$2 label="$1-announce-$2" n restart
+	for n in "${!HOSTS[@]}"; do
+		write_config "$n" "$announce"
+		start_instance "$n"
+	done
+	"$LOADGEN" --addr "$FRONTEND" --connections "$CONNECTIONS" --mode "$mode" \
+		--duration "${LOAD_BOUND}s" --json "$WORK/$label.json" --quiet \
+		2>"$WORK/$label.loadgen.log" &
+	LOAD_PID=$!
+	sleep 1
+	for ((restart = 1; restart <= RESTARTS; restart++)); do
+		for n in "${!HOSTS[@]}"; do
+			stop_instance "$n" TERM
+			start_instance "$n"
+		done
+	done
+	sleep 1
+	# loadgen stops on SIGINT without failing anything: requests in flight complete.
+	kill -INT "$LOAD_PID"
+	wait "$LOAD_PID" || die "loadgen failed; see $WORK/$label.loadgen.log"
+	LOAD_PID=''
+	for n in "${!HOSTS[@]}"; do
+		stop_instance "$n" QUIT
+	done
+	read -r -a COUNTS < <(python3 - "$WORK/$label.json" <<-'EOF'
+		import json, sys
+		report = json.load(open(sys.argv[1]))
+		def pairs(counts):
+		    return ",".join(f"{k}:{v}" for k, v in sorted(counts.items()) if k != "ok" and v) or "-"
+		print(report["failed"], report["total"], report["ok"],
+		      pairs(report["statuses"]), pairs(report["outcomes"]))
+	EOF
+	)
+	((${#COUNTS[@]} == 5)) || die "cannot read $WORK/$label.json"
+}
+
+main() {
+	while (($#)); do
+		case $1 in
+		--bin) BIN=${2:?--bin needs a path}; shift 2 ;;
+		--loadgen) LOADGEN=${2:?--loadgen needs a path}; shift 2 ;;
+		--announce) ANNOUNCE=${2:?--announce needs a duration}; shift 2 ;;
+		--restarts) RESTARTS=${2:?--restarts needs a number}; shift 2 ;;
+		-h | --help) usage ;;
+		*) die "unknown argument: $1 (see --help)" ;;
+		esac
+	done
+	[[ -x $BIN ]] || die "no binary at $BIN (cargo build --release --workspace)"
+	[[ -x $LOADGEN ]] || die "no load generator at $LOADGEN"
+	local tool
+	for tool in haproxy curl python3; do
+		command -v "$tool" >/dev/null || die "$tool is needed (apt-get install $tool)"
+	done
+	[[ $ANNOUNCE != 0s ]] || die "--announce 0s would compare a run with itself"
+
+	WORK=$(mktemp -d)
+	trap cleanup EXIT
+	trap 'exit 130' INT TERM
+	start_haproxy
+	say "$NAME behind HAProxy $FRONTEND: ${#HOSTS[@]} self-bound instances (${HOSTS[*]}:$PORT)," \
+		"option httpchk GET /readyz, inter $CHECK_INTER fall $CHECK_FALL rise $CHECK_RISE;" \
+		"$CONNECTIONS connections, $RESTARTS rolling restart(s) per run"
+
+	local mode announce failed total ok line
+	for mode in "${MODES[@]}"; do
+		for announce in "$ANNOUNCE" 0s; do
+			run "$mode" "$announce"
+			failed=${COUNTS[0]} total=${COUNTS[1]} ok=${COUNTS[2]}
+			line="$mode, shutdown.announce $announce: $failed failed of $total"
+			line+=" (statuses ${COUNTS[3]}; outcomes ${COUNTS[4]})"
+			if [[ $announce == 0s ]]; then
+				echo "info - $line (for comparison)"
+			elif ((failed == 0 && ok >= MIN_OK)); then
+				echo "ok - $line"
+			else
+				echo "FAIL - $line (expected 0 failed, at least $MIN_OK ok)"
+				FAILED=1
+			fi
+		done
+	done
+	return "$FAILED"
+}
+
+main "$@"
