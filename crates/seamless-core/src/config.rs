@@ -142,12 +142,29 @@ impl Invalid {
 }
 
 /// The configuration of an application without keys of its own.
+///
+/// ```
+/// use seamless_core::{Loader, NoConfig, identity};
+///
+/// let loaded = Loader::new(&identity!(), Some("/dev/null".into())).load::<NoConfig>().unwrap();
+/// assert_eq!(loaded.app, NoConfig {});
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NoConfig {}
 
 impl AppConfig for NoConfig {}
 
 /// One complete, validated configuration: the service's and the application's.
+///
+/// ```
+/// use seamless_core::{Loaded, Loader, NoConfig, identity};
+///
+/// let Loaded { service, app } = Loader::new(&identity!(), Some("/dev/null".into()))
+///     .load::<NoConfig>()
+///     .unwrap();
+/// assert_eq!(service, seamless_core::Config::default());
+/// assert_eq!(app, NoConfig {});
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Loaded<C> {
     /// The service's keys.
@@ -157,6 +174,10 @@ pub struct Loaded<C> {
 }
 
 /// `[log]`: what gets logged.
+///
+/// ```
+/// assert_eq!(seamless_core::config::LogConfig::default().level, "info");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
@@ -166,6 +187,11 @@ pub struct LogConfig {
 }
 
 /// `[http]`: listening and per-connection limits.
+///
+/// ```
+/// let http = seamless_core::config::HttpConfig::default();
+/// assert_eq!((http.max_connections, http.max_header_bytes), (1024, 16 * 1024));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
@@ -191,6 +217,14 @@ pub struct HttpConfig {
 }
 
 /// `[shutdown]`: how a stop drains connections.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let shutdown = seamless_core::config::ShutdownConfig::default();
+/// assert_eq!(shutdown.announce, Duration::ZERO);
+/// assert_eq!(shutdown.linger, Duration::from_secs(1));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShutdownConfig {
@@ -211,6 +245,13 @@ pub struct ShutdownConfig {
 }
 
 /// `[upgrade]`: handing over to a new binary (`SIGUSR2`, `NAME upgrade`).
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let upgrade = seamless_core::config::UpgradeConfig::default();
+/// assert_eq!(upgrade.ready_timeout, Duration::from_secs(30));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpgradeConfig {
@@ -260,6 +301,15 @@ impl Default for ShutdownConfig {
 }
 
 /// Why a configuration could not be loaded. Each variant names the file or key involved.
+///
+/// ```
+/// use seamless_core::{ConfigError, Loader, NoConfig, identity};
+///
+/// let missing = Loader::new(&identity!(), Some("/nonexistent/example.toml".into()));
+/// let error = missing.load::<NoConfig>().unwrap_err();
+/// assert!(matches!(error, ConfigError::NotFound { .. }));
+/// assert_eq!(error.to_string(), "config file /nonexistent/example.toml does not exist");
+/// ```
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// A file named explicitly with `--config` does not exist.
@@ -282,6 +332,20 @@ pub enum ConfigError {
 }
 
 /// One or more parse or validation errors, each with its source and key.
+///
+/// ```
+/// use seamless_core::{ConfigError, Loader, NoConfig, identity};
+///
+/// let file = std::env::temp_dir().join(format!("invalid-doc-{}.toml", std::process::id()));
+/// std::fs::write(&file, "[http]\nmax_connections = 0\n").unwrap();
+/// let error = Loader::new(&identity!(), Some(file.clone())).load::<NoConfig>().unwrap_err();
+/// let ConfigError::Invalid(invalid) = error else { panic!("{error}") };
+/// assert_eq!(
+///     invalid.errors,
+///     [format!("{}: key `http.max_connections`: must be greater than zero", file.display())]
+/// );
+/// # std::fs::remove_file(file).unwrap();
+/// ```
 #[derive(Debug)]
 pub struct InvalidConfig {
     /// Human-readable errors, `SOURCE: key `KEY`: WHAT` each.
@@ -338,6 +402,13 @@ impl Loader {
     }
 
     /// The main file this loader reads.
+    ///
+    /// ```
+    /// use seamless_core::{Loader, identity};
+    ///
+    /// let loader = Loader::new(&identity!(), Some("/srv/example.toml".into()));
+    /// assert_eq!(loader.main_file(), std::path::Path::new("/srv/example.toml"));
+    /// ```
     pub fn main_file(&self) -> &Path {
         &self.main
     }

@@ -49,6 +49,14 @@ pub const HTTP_NAME: &str = "http";
 const MAX_LISTEN_FDS: usize = 1024;
 
 /// Why sockets could not be taken or bound. Each variant names the variable, fd or address.
+///
+/// ```
+/// use seamless_core::listeners::ActivationEnv;
+///
+/// let garbage = ActivationEnv { pid: Some("1".into()), fds: Some("two".into()), names: None, first_fd: None };
+/// let error = garbage.parse(1).unwrap_err();
+/// assert!(error.to_string().contains("LISTEN_FDS"), "{error}");
+/// ```
 #[derive(Debug, thiserror::Error)]
 pub enum ListenerError {
     /// A `LISTEN_*` variable holds something systemd would never write.
@@ -105,6 +113,13 @@ pub(crate) struct Passed {
 }
 
 /// Who passed the sockets, as told by `LISTEN_PID`.
+///
+/// ```
+/// use seamless_core::listeners::{ActivationEnv, Convention};
+///
+/// let dev_tool = ActivationEnv { pid: None, fds: Some("1".into()), names: None, first_fd: None };
+/// assert_eq!(dev_tool.convention(), Convention::NoPid);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Convention {
     /// `LISTEN_PID` is ours: systemd, `systemd-socket-activate`, or our own hot upgrade.
@@ -114,6 +129,16 @@ pub enum Convention {
 }
 
 /// A listening socket the server accepts on.
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use seamless_core::listeners::{Listener, Named};
+///
+/// let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+/// let named = Named { name: "http".into(), listener: Listener::Tcp(tcp) };
+/// assert!(named.listener.to_string().starts_with("127.0.0.1:"));
+/// # });
+/// ```
 #[derive(Debug)]
 pub enum Listener {
     /// TCP, IPv4 or IPv6.

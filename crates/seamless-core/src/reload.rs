@@ -49,6 +49,29 @@ pub(crate) enum Outcome {
 }
 
 /// Owns the live configuration and replaces it on request.
+///
+/// ```
+/// use std::sync::Arc;
+///
+/// use axum::Router;
+/// use seamless_core::{App, BoxError, Identity, Loader, Metrics, NoConfig};
+/// use seamless_core::{reload::Reloader, routes::Shared};
+///
+/// struct Hello;
+/// impl App for Hello {
+///     const IDENTITY: Identity = seamless_core::identity!();
+///     type Config = NoConfig;
+///     type State = ();
+///     async fn state(_: &NoConfig, _: &mut Metrics) -> Result<(), BoxError> { Ok(()) }
+///     fn router(_: &Arc<()>, _: &NoConfig) -> Router { Router::new() }
+/// }
+///
+/// let loader = Loader::new(&Hello::IDENTITY, Some("/dev/null".into()));
+/// let loaded = loader.load::<NoConfig>().unwrap();
+/// let shared = Arc::new(Shared::new(&Hello::IDENTITY, Metrics::new("hello")));
+/// let reloader = Reloader::<Hello>::new(loader, loaded, Arc::new(()), shared.clone());
+/// assert!(Arc::ptr_eq(&reloader.shared(), &shared));
+/// ```
 pub struct Reloader<A: App> {
     /// Where the configuration comes from.
     loader: Loader,

@@ -75,6 +75,9 @@ const REJECT_LINGER: Duration = Duration::from_secs(1);
 struct Peer(Arc<str>);
 
 /// How [`run`] ended.
+///
+/// The binary exits 0 after [`Stopped::Drained`] and [`Stopped::DeadlineReached`], 1 after
+/// [`Stopped::Exited`]; [`run`]'s example shows a drain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stopped {
     /// Every connection finished before the deadline.
@@ -90,6 +93,12 @@ pub enum Stopped {
 
 /// How this process takes part in binary upgrades (`SIGUSR2`, `NAME upgrade`): the installed
 /// binary is started with the listening sockets, and this process drains once it serves.
+///
+/// ```
+/// // Upgrades to the binary this process was started from.
+/// let upgrades = seamless_core::server::Upgrades::default();
+/// # let _ = upgrades;
+/// ```
 #[derive(Debug)]
 pub struct Upgrades {
     /// What to start on `SIGUSR2`.

@@ -14,6 +14,14 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 /// What the outside world asks of a running server.
+///
+/// ```
+/// use seamless_core::signals::Request;
+///
+/// // A harness asks `run` to drain, as SIGTERM would.
+/// let (requests_tx, _requests_rx) = tokio::sync::mpsc::channel(1);
+/// requests_tx.try_send(Request::Drain).unwrap();
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Request {
     /// Load the configuration again and apply it.
