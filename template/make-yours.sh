@@ -101,6 +101,7 @@ perl -0pi -e '
 	s/\*\* — and a template to copy for your own service\./**./;
 	s/\(\[BENCHMARKS\.md\]\(BENCHMARKS\.md\), `bench\/run\.sh`\)/(the template'"'"'s benchmark)/;
 	s/^bench\/ .*\n//m;
+	s/^cargo-generate\.toml, template\/ .*\n//m;
 	s/^(# \Q$ENV{KEBAB}\E\n\n(?:.+\n)+)/$1\nBuilt from the [seamless](https:\/\/example.invalid\/seamless) template; the systemd plumbing is the `seamless-core` library in `crates\/seamless-core\/`.\n/;' README.md
 
 # 5. A history of its own.
