@@ -181,7 +181,11 @@ check_deb_scripts() {
 	printf '      fresh install calls:\n'; sim_show
 	expect_call "deb install enables $NAME.socket" "^deb-systemd-helper enable .*$SOCKET_RE|^systemctl .*enable .*$SOCKET_RE"
 	expect_call "deb install starts $NAME.socket" "^(deb-systemd-invoke|systemctl) .*start .*$SOCKET_RE"
-	if dpkg-deb -c "$deb" | grep -Eq "\./etc/$NAME/$NAME\.d/README\$"; then
+	# Listed first, then searched: `grep -q` quits at the first match, and with pipefail the
+	# listing's broken pipe would count as a failure.
+	local contents
+	contents=$(dpkg-deb -c "$deb")
+	if grep -Eq "\./etc/$NAME/$NAME\.d/README\$" <<<"$contents"; then
 		ok "deb ships the drop-in directory /etc/$NAME/$NAME.d (with its README)"
 	else
 		fail "deb does not ship /etc/$NAME/$NAME.d/README"
@@ -225,7 +229,9 @@ check_rpm_scripts() {
 	run_script "$work/rpm-POSTIN" '' 1
 	printf '      fresh install calls:\n'; sim_show
 	expect_call "rpm install presets $NAME.socket" "^systemctl .*preset .*$SOCKET_RE"
-	if rpm -qpc "$rpm_file" 2>/dev/null | grep -qx "/etc/$NAME/$NAME.d/README"; then
+	local config_files
+	config_files=$(rpm -qpc "$rpm_file" 2>/dev/null)
+	if grep -qx "/etc/$NAME/$NAME.d/README" <<<"$config_files"; then
 		ok "rpm ships the drop-in directory /etc/$NAME/$NAME.d (its README, a config file)"
 	else
 		fail "rpm does not ship /etc/$NAME/$NAME.d/README as a config file"
