@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # A fleet behind a load balancer: three self-bound instances of the release
 # binary on 127.0.0.2-4, HAProxy in front health-checking /readyz every
 # 200 ms, and a rolling restart (each instance in turn: SIGTERM, wait for its
@@ -31,6 +32,8 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# shellcheck source=haproxy.sh
+source "$REPO/tests/fleet/haproxy.sh"
 NAME=$(sed -n '/^\[package\]/,/^\[/s/^name = "\(.*\)"/\1/p' "$REPO/Cargo.toml")
 TARGET=$(realpath -m "${CARGO_TARGET_DIR:-$REPO/target}")
 readonly REPO NAME TARGET
@@ -104,13 +107,6 @@ within() {
 
 answers_ready() { curl -fs -o /dev/null --max-time 1 "http://$1:$PORT/readyz"; }
 
-# HAProxy's view of instance N: UP, DOWN, ... (the stats CSV's 18th column).
-haproxy_status() {
-	curl -fs --max-time 1 "http://$STATS/stats;csv" |
-		awk -F, -v server="i$1" '$1 == "fleet" && $2 == server { print $18 }'
-}
-
-haproxy_sees_up() { [[ $(haproxy_status "$1") == UP ]]; }
 
 # Writes instance N's configuration: its address and shutdown.announce.
 write_config() {
@@ -146,35 +142,7 @@ stop_instance() {
 }
 
 start_haproxy() {
-	local n
-	{
-		cat <<-EOF
-			global
-			    maxconn 4096
-			defaults
-			    mode http
-			    timeout connect 1s
-			    timeout client 10s
-			    timeout server 10s
-			frontend front
-			    bind $FRONTEND
-			    default_backend fleet
-			backend fleet
-			    balance roundrobin
-			    option httpchk GET /readyz
-			    http-check expect status 200
-			    default-server inter $CHECK_INTER fall $CHECK_FALL rise $CHECK_RISE
-		EOF
-		for n in "${!HOSTS[@]}"; do
-			printf '    server i%s %s:%s check\n' "$n" "${HOSTS[$n]}" "$PORT"
-		done
-		cat <<-EOF
-			frontend stats
-			    bind $STATS
-			    stats enable
-			    stats uri /stats
-		EOF
-	} >"$WORK/haproxy.cfg"
+	haproxy_config >"$WORK/haproxy.cfg"
 	haproxy -c -q -f "$WORK/haproxy.cfg" || die "HAProxy rejects $WORK/haproxy.cfg"
 	haproxy -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 &
 	HAPROXY_PID=$!

@@ -48,6 +48,8 @@ readonly HERE REPO NAME TARGET SERVICE=$NAME.service SOCKET=$NAME.socket
 [[ -n $NAME ]] || { echo "fleet: no [package] name in $REPO/Cargo.toml" >&2; exit 2; }
 # shellcheck source=../e2e/lib.sh
 source "$REPO/tests/e2e/lib.sh"
+# shellcheck source=haproxy.sh
+source "$HERE/haproxy.sh"
 
 readonly FRONTEND=127.0.0.1:18100 STATS=127.0.0.1:18109 PORT=18101
 readonly HOSTS=(127.0.0.2 127.0.0.3 127.0.0.4)
@@ -114,13 +116,6 @@ within() {
 	done
 }
 
-# HAProxy's view of instance N: UP, DOWN, ... (the stats CSV's 18th column).
-haproxy_status() {
-	curl -fs --max-time 1 "http://$STATS/stats;csv" |
-		awk -F, -v server="i$1" '$1 == "fleet" && $2 == server { print $18 }'
-}
-
-haproxy_sees_up() { [[ $(haproxy_status "$1") == UP ]]; }
 
 wait_up() {
 	within "$UP_WITHIN" haproxy_sees_up "$1" || {
@@ -130,35 +125,7 @@ wait_up() {
 }
 
 start_haproxy() {
-	local n
-	{
-		cat <<-EOF
-			global
-			    maxconn 4096
-			defaults
-			    mode http
-			    timeout connect 1s
-			    timeout client 10s
-			    timeout server 10s
-			frontend front
-			    bind $FRONTEND
-			    default_backend fleet
-			backend fleet
-			    balance roundrobin
-			    option httpchk GET /readyz
-			    http-check expect status 200
-			    default-server inter $CHECK_INTER fall $CHECK_FALL rise $CHECK_RISE
-		EOF
-		for n in "${!HOSTS[@]}"; do
-			printf '    server i%s %s:%s check\n' "$n" "${HOSTS[$n]}" "$PORT"
-		done
-		cat <<-EOF
-			frontend stats
-			    bind $STATS
-			    stats enable
-			    stats uri /stats
-		EOF
-	} >"$LOG_DIR/haproxy.cfg"
+	haproxy_config >"$LOG_DIR/haproxy.cfg"
 	haproxy -c -q -f "$LOG_DIR/haproxy.cfg" || die "HAProxy rejects $LOG_DIR/haproxy.cfg"
 	(
 		e2e_close_lock_fds
