@@ -32,8 +32,8 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-# shellcheck source=haproxy.sh
-source "$REPO/tests/fleet/haproxy.sh"
+# shellcheck source=lib.sh
+source "$REPO/tests/fleet/lib.sh"
 NAME=$(sed -n '/^\[package\]/,/^\[/s/^name = "\(.*\)"/\1/p' "$REPO/Cargo.toml")
 TARGET=$(realpath -m "${CARGO_TARGET_DIR:-$REPO/target}")
 readonly REPO NAME TARGET
@@ -94,16 +94,6 @@ alive() {
 
 gone() { ! alive "$1"; }
 
-# Polls COMMAND... every 50 ms until it succeeds, at most SECONDS.
-within() {
-	local seconds=$1 deadline
-	shift
-	deadline=$((SECONDS + seconds))
-	until "$@"; do
-		((SECONDS < deadline)) || return 1
-		sleep 0.05
-	done
-}
 
 answers_ready() { curl -fs -o /dev/null --max-time 1 "http://$1:$PORT/readyz"; }
 

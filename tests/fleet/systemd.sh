@@ -48,8 +48,8 @@ readonly HERE REPO NAME TARGET SERVICE=$NAME.service SOCKET=$NAME.socket
 [[ -n $NAME ]] || { echo "fleet: no [package] name in $REPO/Cargo.toml" >&2; exit 2; }
 # shellcheck source=../e2e/lib.sh
 source "$REPO/tests/e2e/lib.sh"
-# shellcheck source=haproxy.sh
-source "$HERE/haproxy.sh"
+# shellcheck source=lib.sh
+source "$HERE/lib.sh"
 
 readonly FRONTEND=127.0.0.1:18100 STATS=127.0.0.1:18109 PORT=18101
 readonly HOSTS=(127.0.0.2 127.0.0.3 127.0.0.4)
@@ -105,17 +105,6 @@ in_ct() {
 	shift
 	e2e_exec "${CTS[$n]}" timeout "$CMD_TIMEOUT" "$@" </dev/null
 }
-
-within() {
-	local seconds=$1 deadline
-	shift
-	deadline=$((SECONDS + seconds))
-	until "$@"; do
-		((SECONDS < deadline)) || return 1
-		sleep 0.05
-	done
-}
-
 
 wait_up() {
 	within "$UP_WITHIN" haproxy_sees_up "$1" || {

@@ -1,9 +1,21 @@
 # shellcheck shell=bash
-# HAProxy in front of a fleet, shared by run.sh (self-bound instances) and
-# systemd.sh (instances under their own systemd). Source this file; it defines
-# functions only. They read FRONTEND and STATS (addresses), HOSTS (one address
-# per instance) and PORT, and CHECK_INTER, CHECK_FALL and CHECK_RISE (the
-# health check of /readyz, as README "Running more than one" documents it).
+# What run.sh (self-bound instances) and systemd.sh (instances under their own
+# systemd) share: HAProxy in front of the fleet, and polling. Source this file;
+# it defines functions only. The HAProxy ones read FRONTEND and STATS
+# (addresses), HOSTS (one address per instance) and PORT, and CHECK_INTER,
+# CHECK_FALL and CHECK_RISE (the health check of /readyz, as README "Running
+# more than one" documents it).
+
+# Polls COMMAND... every 50 ms until it succeeds, at most SECONDS.
+within() {
+	local seconds=$1 deadline
+	shift
+	deadline=$((SECONDS + seconds))
+	until "$@"; do
+		((SECONDS < deadline)) || return 1
+		sleep 0.05
+	done
+}
 
 # The configuration, on stdout: round robin over HOSTS, server iN for HOSTS[N].
 haproxy_config() {
