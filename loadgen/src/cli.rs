@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-use crate::{EventWindow, Load, Mode, Report, Target, events, start};
+use crate::{EventWindow, Load, Mode, Report, Target, ThinkTime, events, start};
 
 /// Connection reuse policy, as spelled on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -41,6 +41,10 @@ impl From<CliMode> for Mode {
 /// or SIGINT/SIGTERM arrives; requests in flight then complete and no new
 /// ones start, so stopping never causes failures. A second signal aborts
 /// immediately.
+///
+/// With --think, each worker pauses between requests and then reuses its
+/// keep-alive connection without checking whether the server closed it
+/// meanwhile, like simple clients do.
 #[derive(Debug, Parser)]
 #[command(name = "loadgen", version, verbatim_doc_comment)]
 pub struct Args {
@@ -78,6 +82,17 @@ pub struct Args {
     /// cause a busy loop.
     #[arg(long, default_value = "1ms", value_parser = humantime::parse_duration)]
     pub failure_pause: Duration,
+    /// Think time: after each completed request (ok or failed) a worker
+    /// sleeps a uniformly random time in MIN..MAX (e.g. 200ms..2500ms; a
+    /// single duration such as 1s is fixed), then sends the next request on
+    /// the same keep-alive connection without checking whether the server
+    /// closed it meanwhile. Default: none (closed loop).
+    #[arg(long, value_name = "MIN..MAX", value_parser = parse_think)]
+    pub think: Option<ThinkTime>,
+    /// Seed for the think-time random numbers (each worker mixes in its
+    /// index); the same seed repeats the same pauses.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub seed: u64,
     /// Response header whose values are counted (e.g. x-pid).
     #[arg(long, value_name = "NAME")]
     pub capture_header: Option<String>,
@@ -143,6 +158,8 @@ impl Args {
             timeout: self.timeout,
             failure_pause: self.failure_pause,
             duration: self.duration,
+            think: self.think,
+            seed: self.seed,
             capture_header: self.capture_header.clone(),
             max_records: self.max_records,
             window: EventWindow {
@@ -265,6 +282,11 @@ async fn drive(load: Load, progress: bool) -> Result<Report, String> {
         });
     }
     Ok(running.finish().await)
+}
+
+/// Parses `--think` (clap wants a function returning a `Result`).
+fn parse_think(s: &str) -> Result<ThinkTime, String> {
+    s.parse()
 }
 
 fn write_json(report: &Report, path: &PathBuf) -> Result<(), String> {

@@ -17,7 +17,11 @@
 //!   (bounded by the per-request timeout) and then start no new one.
 //!
 //! Each of N workers runs a closed loop (send, read the whole response, send
-//! the next) against one [`Target`]. The result is a [`Report`] with exact
+//! the next) against one [`Target`]. With [`Load::think`] set, a worker
+//! instead pauses a random [`ThinkTime`] after each request and then sends
+//! the next one on the same keep-alive connection *without checking* whether
+//! the server closed it meanwhile, as simple clients do; a server that closes
+//! idle connections (on restart, say) then fails those requests. The result is a [`Report`] with exact
 //! outcome counts, latency percentiles, the values of one captured response
 //! header, and per-event windows (what happened around "restart at t").
 //!
@@ -63,6 +67,7 @@
 //! | `rps` | `total / duration_s` |
 //! | `latency_us` | successful requests; `latency_all_us`: every request |
 //! | `connections_opened` | successful connects |
+//! | `think` | `{"min_s","max_s","seed"}` with [`Load::think`], else `null` |
 //! | `capture_header`, `captured` | header name and `{value: count}` |
 //! | `captured_spans` | `{value: {"count","first_s","last_s"}}` |
 //! | `events` | per event: `label`, `t_s`, `window_start_s`, `window_end_s`, `total`, `ok`, `failed`, `outcomes`, `latency_us` (successful), `first_failure_s`, `recovery_us`, `captured`, `incomplete` |
@@ -187,6 +192,82 @@ impl Default for EventWindow {
     }
 }
 
+/// Idle time between a worker's requests: after each completed exchange
+/// (success or failure) the worker sleeps a uniformly random duration in
+/// `[min, max]` before its next request.
+///
+/// On a keep-alive connection the next request then goes out on the same
+/// connection without first checking whether the server closed it in the
+/// meantime, as simple clients (Python's `http.client`, a shell loop with
+/// one `curl` session) do. A server that closes idle connections, say on
+/// restart, therefore makes such requests fail; that is what this mode
+/// exists to measure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ThinkTime {
+    /// Shortest pause.
+    pub min: Duration,
+    /// Longest pause; equal to `min` for a fixed pause.
+    pub max: Duration,
+}
+
+impl ThinkTime {
+    /// A pause of exactly `d`.
+    pub fn fixed(d: Duration) -> ThinkTime {
+        ThinkTime { min: d, max: d }
+    }
+
+    /// Picks one pause uniformly from `[min, max]`, at nanosecond
+    /// resolution.
+    pub(crate) fn sample(&self, rng: &mut fastrand::Rng) -> Duration {
+        let min = nanos(self.min);
+        let max = nanos(self.max).max(min);
+        Duration::from_nanos(rng.u64(min..=max))
+    }
+}
+
+/// Nanoseconds, saturating: pauses beyond 584 years are not a concern.
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl FromStr for ThinkTime {
+    type Err = String;
+
+    /// Parses `MIN..MAX` (e.g. `200ms..2500ms`) or a single duration
+    /// (e.g. `1s`) for a fixed pause. Durations use humantime syntax.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parse = |part: &str| {
+            humantime::parse_duration(part.trim())
+                .map_err(|e| format!("think time {s:?}: {part:?} is not a duration: {e}"))
+        };
+        let think = match s.split_once("..") {
+            Some((min, max)) => ThinkTime {
+                min: parse(min)?,
+                max: parse(max)?,
+            },
+            None => ThinkTime::fixed(parse(s)?),
+        };
+        if think.min > think.max {
+            return Err(format!(
+                "think time {s:?}: minimum {:?} exceeds maximum {:?}",
+                think.min, think.max
+            ));
+        }
+        Ok(think)
+    }
+}
+
+impl fmt::Display for ThinkTime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}..{}",
+            humantime::format_duration(self.min),
+            humantime::format_duration(self.max)
+        )
+    }
+}
+
 /// What load to generate. Construct with [`Load::new`] and override fields
 /// with struct-update syntax.
 #[derive(Clone, Debug)]
@@ -210,6 +291,15 @@ pub struct Load {
     pub failure_pause: Duration,
     /// Stop after this long. `None` runs until stopped.
     pub duration: Option<Duration>,
+    /// Pause between a worker's requests; `None` (the default) sends the
+    /// next request as soon as the previous one completed (closed loop).
+    /// After a failure without a response the pause is at least
+    /// [`Load::failure_pause`].
+    pub think: Option<ThinkTime>,
+    /// Seed for the think-time random numbers; each worker derives its own
+    /// generator from it and its index, so a run with the same seed
+    /// repeats the same pauses.
+    pub seed: u64,
     /// Response header whose value is recorded per request (e.g. `x-pid`),
     /// matched case-insensitively.
     pub capture_header: Option<String>,
@@ -223,7 +313,8 @@ pub struct Load {
 
 impl Load {
     /// Defaults: 32 keep-alive connections, `GET /`, 10 s timeout, 1 ms
-    /// failure pause, no duration limit, up to 16 Mi records (192 MiB).
+    /// failure pause, no think time, seed 0, no duration limit, up to 16 Mi
+    /// records (192 MiB).
     pub fn new(target: impl Into<Target>) -> Self {
         Load {
             target: target.into(),
@@ -234,6 +325,8 @@ impl Load {
             timeout: Duration::from_secs(10),
             failure_pause: Duration::from_millis(1),
             duration: None,
+            think: None,
+            seed: 0,
             capture_header: None,
             max_records: 16 << 20,
             window: EventWindow::default(),
@@ -248,6 +341,14 @@ impl Load {
         }
         if self.timeout.is_zero() {
             return Err("timeout must be positive".into());
+        }
+        if let Some(think) = self.think {
+            if think.min > think.max {
+                return Err(format!(
+                    "think time minimum {:?} exceeds maximum {:?}",
+                    think.min, think.max
+                ));
+            }
         }
         let path_ok = (self.path.starts_with('/') || self.path == "*")
             && self.path.bytes().all(|b| b > b' ' && b != 0x7f);
@@ -368,6 +469,56 @@ mod tests {
             ..load()
         };
         assert!(bad_name.validate().is_err());
+        let backwards = Load {
+            think: Some(ThinkTime {
+                min: Duration::from_secs(2),
+                max: Duration::from_secs(1),
+            }),
+            ..load()
+        };
+        assert!(backwards.validate().is_err());
+    }
+
+    #[test]
+    fn think_time_parses_ranges_and_fixed_durations() {
+        let ms = Duration::from_millis;
+        assert_eq!(
+            "200ms..2500ms".parse::<ThinkTime>(),
+            Ok(ThinkTime {
+                min: ms(200),
+                max: ms(2500)
+            })
+        );
+        assert_eq!(
+            " 1s .. 2s ".parse::<ThinkTime>().map(|t| t.max),
+            Ok(ms(2000))
+        );
+        assert_eq!("1s".parse::<ThinkTime>(), Ok(ThinkTime::fixed(ms(1000))));
+        let err = "2s..1s".parse::<ThinkTime>().expect_err("min above max");
+        assert!(err.contains("exceeds"), "{err}");
+        let err = "fast..1s".parse::<ThinkTime>().expect_err("not a duration");
+        assert!(err.contains("\"fast\""), "{err}");
+        assert!("".parse::<ThinkTime>().is_err());
+        assert_eq!(ThinkTime::fixed(ms(1500)).to_string(), "1s 500ms..1s 500ms");
+    }
+
+    #[test]
+    fn think_time_samples_cover_the_range_and_stay_inside() {
+        let think = ThinkTime {
+            min: Duration::from_millis(10),
+            max: Duration::from_millis(20),
+        };
+        let mut rng = fastrand::Rng::with_seed(7);
+        let samples: Vec<Duration> = (0..1000).map(|_| think.sample(&mut rng)).collect();
+        assert!(samples.iter().all(|d| (think.min..=think.max).contains(d)));
+        // Uniform over the range: both halves get a fair share.
+        let low = samples
+            .iter()
+            .filter(|d| **d < Duration::from_millis(15))
+            .count();
+        assert!((350..650).contains(&low), "{low} of 1000 in the lower half");
+        let fixed = ThinkTime::fixed(Duration::from_millis(3));
+        assert_eq!(fixed.sample(&mut rng), Duration::from_millis(3));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::outcome::{Code, Outcome};
 use crate::worker::{
     CaptureStat, MAX_CAPTURE_VALUES, OTHER_CAPTURE, Record, WorkerResult, record_latency,
 };
-use crate::{EventWindow, Load, Mode};
+use crate::{EventWindow, Load, Mode, ThinkTime};
 
 /// How many failures [`Report::summary`] lists individually.
 const SUMMARY_FAILURES: usize = 10;
@@ -187,6 +187,8 @@ pub struct Report {
     capture_names: Vec<String>,
     records_truncated: bool,
     connections_opened: u64,
+    think: Option<ThinkTime>,
+    seed: u64,
     events: Vec<(String, i128)>,
     window: EventWindow,
 }
@@ -269,6 +271,8 @@ impl Report {
             capture_names,
             records_truncated,
             connections_opened,
+            think: load.think,
+            seed: load.seed,
             events: Vec::new(),
             window: load.window,
         }
@@ -587,6 +591,9 @@ impl Report {
             self.rps(),
             self.connections_opened
         )?;
+        if let Some(think) = self.think {
+            writeln!(s, "  think      {think} (seed {})", self.seed)?;
+        }
         let outcomes: Vec<String> = self
             .outcomes()
             .into_iter()
@@ -760,6 +767,11 @@ impl Report {
             "latency_us": self.latency().to_json(),
             "latency_all_us": self.latency_all().to_json(),
             "connections_opened": self.connections_opened,
+            "think": self.think.map(|t| json!({
+                "min_s": t.min.as_secs_f64(),
+                "max_s": t.max.as_secs_f64(),
+                "seed": self.seed,
+            })),
             "capture_header": self.capture_header,
             "captured": self.captured(),
             "captured_spans": captured_spans,

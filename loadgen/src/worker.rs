@@ -1,5 +1,6 @@
 //! One closed-loop worker: send a request, read the whole response, record
-//! exactly one outcome, repeat — until told to stop.
+//! exactly one outcome, optionally pause for the think time, repeat — until
+//! told to stop.
 //!
 //! All hot-path state (buffers, histograms, counters, records) is owned by
 //! the worker, so requests touch no shared memory except a single-writer
@@ -18,7 +19,7 @@ use tokio::sync::Notify;
 use crate::conn::Conn;
 use crate::outcome::{CODE_SPACE, Code, Outcome};
 use crate::parse::{ParseError, Progress, ResponseParser};
-use crate::{Load, Mode, Target};
+use crate::{Load, Mode, Target, ThinkTime};
 
 /// Distinct captured header values tracked per run; further values are
 /// counted together under [`OTHER_CAPTURE`] so a misbehaving header (say, a
@@ -60,6 +61,8 @@ pub(crate) struct Plan {
     pub(crate) mode: Mode,
     pub(crate) timeout: Duration,
     pub(crate) failure_pause: Duration,
+    pub(crate) think: Option<ThinkTime>,
+    pub(crate) seed: u64,
     pub(crate) capture_header: Option<String>,
     pub(crate) start: Instant,
 }
@@ -72,6 +75,8 @@ impl Plan {
             mode: load.mode,
             timeout: load.timeout,
             failure_pause: load.failure_pause,
+            think: load.think,
+            seed: load.seed,
             capture_header: load.capture_header.clone(),
             start,
         }
@@ -210,6 +215,7 @@ pub(crate) async fn run_worker(plan: Arc<Plan>, shared: Arc<Shared>, index: usiz
         ok: 0,
         captures: CaptureTable::default(),
     };
+    let mut rng = worker_rng(plan.seed, index);
     let mut conn: Option<Conn> = None;
     while !w.shared.stop.is_stopped() {
         let start = Instant::now();
@@ -224,15 +230,31 @@ pub(crate) async fn run_worker(plan: Arc<Plan>, shared: Arc<Shared>, index: usiz
         };
         let end = Instant::now();
         w.record(start, end, code);
-        if code.http_status().is_none() && !plan.failure_pause.is_zero() {
+        let mut pause = plan.think.map_or(Duration::ZERO, |t| t.sample(&mut rng));
+        if code.http_status().is_none() {
+            pause = pause.max(plan.failure_pause);
+        }
+        // After the pause the connection, if any, is used as it is: no peek
+        // or readability check for a close that arrived meanwhile. Simple
+        // clients do not check either, and the failures that causes on a
+        // server closing idle connections are what think time measures.
+        if !pause.is_zero() {
             tokio::select! {
-                _ = tokio::time::sleep(plan.failure_pause) => {}
+                _ = tokio::time::sleep(pause) => {}
                 _ = w.shared.stop.wait() => {}
             }
         }
     }
     w.result.captures = w.captures.stats;
     w.result
+}
+
+/// The think-time generator of worker `index`. Seeds of neighbouring
+/// workers are spread by a multiplicative hash so that their sequences do
+/// not start out alike.
+fn worker_rng(seed: u64, index: usize) -> fastrand::Rng {
+    const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
+    fastrand::Rng::with_seed(seed ^ (index as u64).wrapping_add(1).wrapping_mul(GOLDEN))
 }
 
 impl Worker {

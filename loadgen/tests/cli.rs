@@ -175,3 +175,15 @@ async fn usage_errors_exit_2() {
         "target is required"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_think_time_is_a_usage_error() {
+    for bad in ["2s..1s", "soon", "1s..", "..1s"] {
+        let mut cmd = loadgen();
+        cmd.args(["--addr", "127.0.0.1:1", "--duration", "1s", "--think", bad]);
+        let out = output(cmd).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "--think {bad}: {stderr}");
+        assert!(stderr.contains("think time"), "--think {bad}: {stderr}");
+    }
+}

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Behavior, Stats, refused_addr, serve};
-use loadgen::{Load, Mode, Outcome, Target};
+use loadgen::{Load, Mode, Outcome, Target, ThinkTime};
 
 fn load(target: impl Into<Target>, connections: usize, millis: u64) -> Load {
     Load {
@@ -387,4 +387,77 @@ async fn json_has_the_documented_shape() {
     assert_eq!(j["captured"]["4242"], j["ok"]);
     assert_eq!(j["events"][0]["label"], "late");
     assert!(j["events"][0]["t_s"].as_f64().expect("t_s") > 0.09);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn think_time_spaces_requests() {
+    let server = serve(Behavior::Normal).await;
+    let think = ThinkTime {
+        min: Duration::from_millis(50),
+        max: Duration::from_millis(60),
+    };
+    let report = run(Load {
+        think: Some(think),
+        ..load(server.addr, 1, 400)
+    })
+    .await;
+    let s = &server.stats;
+
+    assert_eq!(report.failed(), 0, "{report}");
+    assert_eq!(report.ok(), Stats::get(&s.answered), "{report}");
+    // A closed loop sends thousands in 400 ms; pausing at least 50 ms after
+    // each request allows at most 400 / 50 = 8 (the first one is sent at
+    // once, the pause after the last one is cut short by the stop).
+    assert!(report.total() >= 2, "{report}");
+    assert!(report.total() <= 400 / 50, "{report}");
+    // Every pause is at least 50 ms. Arrivals are timed at the server, so
+    // allow for one request taking a few ms longer to arrive than the next.
+    let arrivals = s.arrivals();
+    for pair in arrivals.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(gap >= Duration::from_millis(45), "gap {gap:?} in {report}");
+    }
+    // Think time reuses the connection.
+    assert_eq!(report.connections_opened(), 1, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_close_during_think_time_fails_the_next_request() {
+    // The server closes a connection that is idle for 20 ms after a
+    // response; the worker thinks for 100 ms and then sends on it anyway.
+    let server = serve(Behavior::CloseIdle(Duration::from_millis(20))).await;
+    let report = run(Load {
+        think: Some(ThinkTime::fixed(Duration::from_millis(100))),
+        ..load(server.addr, 1, 550)
+    })
+    .await;
+    let s = &server.stats;
+
+    // Expected: ok, fail, ok (new connection), fail, ok, ... The failures
+    // are counted, not retried: the server answered every request it read,
+    // and read none on a closed connection.
+    assert!(report.failed() >= 1, "{report}");
+    assert!(report.ok() >= 1, "{report}");
+    assert_eq!(report.ok(), Stats::get(&s.answered), "{report}");
+    assert_eq!(report.ok(), Stats::get(&s.requests), "{report}");
+    let closed = report.count(Outcome::ClosedBeforeResponse) + report.count(Outcome::Reset);
+    assert_eq!(closed, report.failed(), "{report}");
+    // Each idle close costs exactly one request, except a close during the
+    // last pause, which the stop cuts short before anything is sent.
+    let idle_closed = Stats::get(&s.idle_closed);
+    assert!(
+        report.failed() == idle_closed || report.failed() + 1 == idle_closed,
+        "{idle_closed} idle closes for {report}"
+    );
+    // Every failure forced a reconnect, unless it was the last request.
+    let opened = report.connections_opened();
+    assert_eq!(opened, Stats::get(&s.accepted), "{report}");
+    assert!(
+        opened == report.failed() + 1 || opened == report.failed(),
+        "{report}"
+    );
+    assert!(opened >= 2, "{report}");
+    let j = report.to_json();
+    assert_eq!(j["connections_opened"], opened);
+    assert_eq!(j["think"]["min_s"], 0.1);
 }

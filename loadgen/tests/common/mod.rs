@@ -7,9 +7,9 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -35,7 +35,15 @@ pub enum Behavior {
     Chunked,
     /// Answer `503` with a body.
     Unavailable,
+    /// Keep-alive `200 OK`, but close a connection that stays idle for this
+    /// long after a response, as a server with a short keep-alive timeout
+    /// (or one handing idle connections over on restart) does.
+    CloseIdle(Duration),
 }
+
+/// Request arrival times kept per server; enough for any test, and a
+/// bound so a fast run cannot grow memory without limit.
+pub const MAX_ARRIVALS: usize = 10_000;
 
 /// What the server did.
 #[derive(Debug, Default)]
@@ -50,11 +58,22 @@ pub struct Stats {
     pub dropped: AtomicU64,
     /// Requests that carried `Connection: close`.
     pub close_requested: AtomicU64,
+    /// Idle connections closed by [`Behavior::CloseIdle`].
+    pub idle_closed: AtomicU64,
+    /// When the first [`MAX_ARRIVALS`] requests were read completely.
+    pub arrivals: Mutex<Vec<Instant>>,
 }
 
 impl Stats {
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::SeqCst)
+    }
+
+    /// The recorded request arrival times, in order.
+    pub fn arrivals(&self) -> Vec<Instant> {
+        let mut times = self.arrivals.lock().expect("arrivals lock").clone();
+        times.sort();
+        times
     }
 }
 
@@ -90,17 +109,38 @@ where
     let mut buf = Vec::with_capacity(4096);
     let mut n = 0u64;
     loop {
-        let Some(close_requested) = read_request(&mut stream, &mut buf).await else {
+        let next = read_request(&mut stream, &mut buf);
+        let request = match behavior {
+            Behavior::CloseIdle(idle) if n > 0 => {
+                match tokio::time::timeout(idle, next).await {
+                    Ok(request) => request,
+                    Err(_) => {
+                        // Counted before closing: the client may see EOF at once.
+                        stats.idle_closed.fetch_add(1, Ordering::SeqCst);
+                        let _ = stream.shutdown().await;
+                        return;
+                    }
+                }
+            }
+            _ => next.await,
+        };
+        let Some(close_requested) = request else {
             return;
         };
         n += 1;
         stats.requests.fetch_add(1, Ordering::SeqCst);
+        {
+            let mut arrivals = stats.arrivals.lock().expect("arrivals lock");
+            if arrivals.len() < MAX_ARRIVALS {
+                arrivals.push(Instant::now());
+            }
+        }
         if close_requested {
             stats.close_requested.fetch_add(1, Ordering::SeqCst);
         }
         let body = "hello, world\n";
         let response = match behavior {
-            Behavior::Normal => ok_response(body, false),
+            Behavior::Normal | Behavior::CloseIdle(_) => ok_response(body, false),
             Behavior::DropEvery(every) if n % every == 0 => {
                 // Counted before closing: the client may see EOF at once.
                 stats.dropped.fetch_add(1, Ordering::SeqCst);
