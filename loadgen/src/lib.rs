@@ -21,7 +21,8 @@
 //! instead pauses a random [`ThinkTime`] after each request and then sends
 //! the next one on the same keep-alive connection *without checking* whether
 //! the server closed it meanwhile, as simple clients do; a server that closes
-//! idle connections (on restart, say) then fails those requests. The result is a [`Report`] with exact
+//! idle connections (on restart, say) then fails those requests, and
+//! [`Report::workers_reconnected`] shows how many workers lost theirs. The result is a [`Report`] with exact
 //! outcome counts, latency percentiles, the values of one captured response
 //! header, and per-event windows (what happened around "restart at t").
 //!
@@ -67,6 +68,8 @@
 //! | `rps` | `total / duration_s` |
 //! | `latency_us` | successful requests; `latency_all_us`: every request |
 //! | `connections_opened` | successful connects |
+//! | `max_connections_per_worker` | the most connects by one worker (1: nobody reconnected) |
+//! | `workers_reconnected` | workers that opened more than one connection |
 //! | `think` | `{"min_s","max_s","seed"}` with [`Load::think`], else `null` |
 //! | `capture_header`, `captured` | header name and `{value: count}` |
 //! | `captured_spans` | `{value: {"count","first_s","last_s"}}` |

@@ -187,6 +187,8 @@ pub struct Report {
     capture_names: Vec<String>,
     records_truncated: bool,
     connections_opened: u64,
+    max_connections_per_worker: u64,
+    workers_reconnected: u64,
     think: Option<ThinkTime>,
     seed: u64,
     events: Vec<(String, i128)>,
@@ -209,6 +211,8 @@ impl Report {
         let mut captures: Vec<CaptureStat> = Vec::new();
         let mut capture_ids: HashMap<Vec<u8>, u16> = HashMap::new();
         let mut connections_opened = 0;
+        let mut max_connections_per_worker = 0;
+        let mut workers_reconnected = 0;
 
         for mut r in results {
             for (total, n) in counts.iter_mut().zip(&r.counts) {
@@ -217,6 +221,10 @@ impl Report {
             merge_histogram(&mut hist_ok, r.hist_ok);
             merge_histogram(&mut hist_all, r.hist_all);
             connections_opened += r.connections_opened;
+            max_connections_per_worker = max_connections_per_worker.max(r.connections_opened);
+            if r.connections_opened > 1 {
+                workers_reconnected += 1;
+            }
 
             // Map this worker's capture ids onto run-wide ones.
             let mut remap = vec![0u16; r.captures.len() + 1];
@@ -271,6 +279,8 @@ impl Report {
             capture_names,
             records_truncated,
             connections_opened,
+            max_connections_per_worker,
+            workers_reconnected,
             think: load.think,
             seed: load.seed,
             events: Vec::new(),
@@ -356,6 +366,19 @@ impl Report {
     /// Connections the workers opened (successful connects).
     pub fn connections_opened(&self) -> u64 {
         self.connections_opened
+    }
+
+    /// The most connections any single worker opened. 1 means every worker
+    /// that connected kept its first connection for the whole run.
+    pub fn max_connections_per_worker(&self) -> u64 {
+        self.max_connections_per_worker
+    }
+
+    /// Workers that opened more than one connection: their connection was
+    /// closed (by the server, a failure, or `Connection: close`) at least
+    /// once.
+    pub fn workers_reconnected(&self) -> u64 {
+        self.workers_reconnected
     }
 
     /// Whether per-request records hit [`crate::Load::max_records`] (or the
@@ -591,6 +614,11 @@ impl Report {
             self.rps(),
             self.connections_opened
         )?;
+        writeln!(
+            s,
+            "  conns      at most {} per worker, {} of {} workers reconnected",
+            self.max_connections_per_worker, self.workers_reconnected, self.connections
+        )?;
         if let Some(think) = self.think {
             writeln!(s, "  think      {think} (seed {})", self.seed)?;
         }
@@ -767,6 +795,8 @@ impl Report {
             "latency_us": self.latency().to_json(),
             "latency_all_us": self.latency_all().to_json(),
             "connections_opened": self.connections_opened,
+            "max_connections_per_worker": self.max_connections_per_worker,
+            "workers_reconnected": self.workers_reconnected,
             "think": self.think.map(|t| json!({
                 "min_s": t.min.as_secs_f64(),
                 "max_s": t.max.as_secs_f64(),

@@ -419,6 +419,8 @@ async fn think_time_spaces_requests() {
     }
     // Think time reuses the connection.
     assert_eq!(report.connections_opened(), 1, "{report}");
+    assert_eq!(report.max_connections_per_worker(), 1, "{report}");
+    assert_eq!(report.workers_reconnected(), 0, "{report}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -457,7 +459,32 @@ async fn idle_close_during_think_time_fails_the_next_request() {
         "{report}"
     );
     assert!(opened >= 2, "{report}");
+    assert_eq!(report.max_connections_per_worker(), opened, "{report}");
+    assert_eq!(report.workers_reconnected(), 1, "{report}");
     let j = report.to_json();
     assert_eq!(j["connections_opened"], opened);
+    assert_eq!(j["max_connections_per_worker"], opened);
+    assert_eq!(j["workers_reconnected"], 1);
     assert_eq!(j["think"]["min_s"], 0.1);
+    assert!(
+        report.summary().contains("1 of 1 workers reconnected"),
+        "{report}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_worker_are_reported() {
+    // Some workers reconnect, one never does: every 3rd response closes,
+    // and the 4 workers run long enough for each to see several.
+    let server = serve(Behavior::CloseEvery(3)).await;
+    let report = run(load(server.addr, 4, 200)).await;
+
+    assert_eq!(report.failed(), 0, "{report}");
+    assert!(report.max_connections_per_worker() > 1, "{report}");
+    assert!(
+        report.max_connections_per_worker() <= report.connections_opened(),
+        "{report}"
+    );
+    assert_eq!(report.workers_reconnected(), 4, "{report}");
+    assert_eq!(report.to_json()["think"], serde_json::Value::Null);
 }
