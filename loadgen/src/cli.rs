@@ -3,8 +3,9 @@
 //! [`main`].
 //!
 //! Exit status: 0 after a completed run; 1 if `--fail-on-error` is given and
-//! any request failed, or `--min-ok` was not reached; 2 for usage errors and
-//! failures to start or to write the report.
+//! any request failed, `--min-ok` was not reached, or more connections were
+//! opened than `--max-connections` allows; 2 for usage errors and failures
+//! to start or to write the report.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -44,7 +45,8 @@ impl From<CliMode> for Mode {
 ///
 /// With --think, each worker pauses between requests and then reuses its
 /// keep-alive connection without checking whether the server closed it
-/// meanwhile, like simple clients do.
+/// meanwhile, like simple clients do; --max-connections then checks that
+/// no worker had to reconnect.
 #[derive(Debug, Parser)]
 #[command(name = "loadgen", version, verbatim_doc_comment)]
 pub struct Args {
@@ -116,6 +118,10 @@ pub struct Args {
     /// a run that proves nothing because it sent nothing).
     #[arg(long, value_name = "N")]
     pub min_ok: Option<u64>,
+    /// Exit 1 if more than N connections were opened in total. With
+    /// N = --connections this proves every worker kept its one connection.
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<u64>,
     /// Runtime worker threads (default: available cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -225,6 +231,17 @@ fn run(args: &Args) -> Result<ExitCode, String> {
             eprintln!(
                 "loadgen: only {} requests succeeded, wanted at least {min}",
                 report.ok()
+            );
+            fail = true;
+        }
+    }
+    if let Some(max) = args.max_connections {
+        if report.connections_opened() > max {
+            eprintln!(
+                "loadgen: {} connections opened, wanted at most {max} ({} of {} workers reconnected)",
+                report.connections_opened(),
+                report.workers_reconnected(),
+                args.connections
             );
             fail = true;
         }

@@ -177,6 +177,52 @@ async fn usage_errors_exit_2() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_sets_exit_code() {
+    // Keep-alive with think time: every worker keeps its one connection.
+    let server = serve(Behavior::Normal).await;
+    let json = scratch("max-connections.json");
+    let mut cmd = loadgen();
+    cmd.args(["--addr", &server.addr.to_string(), "-c", "3"])
+        .args(["--duration", "300ms", "--think", "20ms..40ms"])
+        .args(["--max-connections", "3", "--min-ok", "6"])
+        .arg("--json")
+        .arg(&json);
+    let out = output(cmd).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("at most 1 per worker"), "{stderr}");
+    assert!(stderr.contains("think      20ms..40ms"), "{stderr}");
+    let j = read_json(&json);
+    assert_eq!(j["connections_opened"], 3);
+    assert_eq!(j["max_connections_per_worker"], 1);
+    assert_eq!(j["workers_reconnected"], 0);
+    assert_eq!(j["think"]["min_s"], 0.02);
+    assert_eq!(j["think"]["max_s"], 0.04);
+
+    // Every 2nd response closes its connection: workers must reconnect.
+    let server = serve(Behavior::CloseEvery(2)).await;
+    let json = scratch("max-connections-exceeded.json");
+    let mut cmd = loadgen();
+    cmd.args(["--addr", &server.addr.to_string(), "-c", "3"])
+        .args(["--duration", "200ms", "--max-connections", "3"])
+        .arg("--json")
+        .arg(&json);
+    let out = output(cmd).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let j = read_json(&json);
+    let opened = j["connections_opened"]
+        .as_u64()
+        .expect("connections_opened");
+    assert!(opened > 3, "{j}");
+    assert_eq!(j["workers_reconnected"], 3);
+    assert!(
+        stderr.contains(&format!("{opened} connections opened, wanted at most 3")),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_think_time_is_a_usage_error() {
     for bad in ["2s..1s", "soon", "1s..", "..1s"] {
         let mut cmd = loadgen();
