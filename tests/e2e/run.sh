@@ -327,13 +327,15 @@ run_dist() {
 	elif ((CORE)); then
 		local fn
 		for fn in scenario_socket_activation scenario_reload scenario_restart_under_load \
-			scenario_upgrade_under_load scenario_binary_upgrade_under_load scenario_purge; do
+			scenario_keep_connections scenario_upgrade_under_load \
+			scenario_binary_upgrade_under_load scenario_purge; do
 			run_scenario "$fn"
 		done
 	else
 		local fn
 		for fn in scenario_socket_activation scenario_journal_fields scenario_reload \
-			scenario_restart_under_load scenario_upgrade_under_load \
+			scenario_restart_under_load scenario_keep_connections \
+			scenario_keep_connections_faults scenario_upgrade_under_load \
 			scenario_binary_upgrade_under_load scenario_binary_upgrade_fails \
 			scenario_sighup_storm scenario_kill_main; do
 			run_scenario "$fn"

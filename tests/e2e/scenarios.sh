@@ -49,6 +49,13 @@ expect_no_match() {
 	return 1
 }
 
+expect_at_most() {
+	local what=$1 most=$2 got=$3
+	((got <= most)) && return 0
+	printf '%s: expected at most %s, got %s\n' "$what" "$most" "$got"
+	return 1
+}
+
 expect_empty() {
 	local what=$1 text=$2
 	[[ -z $text ]] && return 0
@@ -288,6 +295,148 @@ scenario_restart_under_load() {
 	check "$SOCKET stayed active (no start limit hit)" \
 		expect_eq "socket ActiveState/Result" "active/success" \
 		"$(unit_prop "$SOCKET" ActiveState)/$(unit_prop "$SOCKET" Result)"
+}
+
+# --- restarts that close no connection (systemd's fd store) -----------------
+
+# fields JSON-FILE KEY...: the values of top-level KEYs, joined by "/".
+json_fields() {
+	python3 - "$@" <<'PY'
+import json, sys
+report = json.load(open(sys.argv[1]))
+print("/".join(str(report.get(key)) for key in sys.argv[2:]))
+PY
+}
+
+# PID 1's own fds come and go a little (journal streams, unit files): a leak
+# of stored connections is 20 at a time.
+readonly FD_SLACK=5
+
+# How many fds PID 1 holds: stored connections are among them.
+pid1_fds() {
+	in_ct sh -c 'ls /proc/1/fd | wc -l'
+}
+
+# Server-side connections on the service's port that are still established.
+established_on_port() {
+	ss -Htn state established "( sport = :${ADDR##*:} )" | wc -l
+}
+
+# idle_clients TAG ARGS...: runs tests/e2e/idle_clients.py in the background.
+IDLE_PID=''
+idle_clients() {
+	local tag=$1
+	shift
+	(
+		e2e_close_lock_fds
+		exec python3 "$HERE/idle_clients.py" "$ADDR" --json "$LOG_DIR/idle-$tag.json" "$@"
+	) >"$LOG_DIR/idle-$tag.log" 2>&1 &
+	IDLE_PID=$!
+}
+
+idle_clients_wait() {
+	wait "$IDLE_PID" || true
+	cat "$LOG_DIR/idle-$1.log"
+}
+
+# Clients that think 0.2-2.5 s between requests and reuse their connection
+# without checking it (as simple scripts do) keep that one connection across
+# 20 restarts, and none of their requests fails.
+scenario_keep_connections() {
+	local clients=200 report=$LOG_DIR/load-keep.json events=$LOG_DIR/events-keep.txt
+	local pid problems
+	: >"$events"
+	(
+		e2e_close_lock_fds
+		exec "$LOADGEN" --addr "$ADDR" --connections "$clients" --mode keepalive \
+			--think 200ms..2500ms --events "$events" --json "$report"
+	) >"$LOG_DIR/load-keep.log" 2>&1 &
+	pid=$!
+	# Every client has its connection before the first restart.
+	sleep 3
+	problems=$(restart_loop 20 "$events")
+	sleep 3
+	kill -INT "$pid" 2>/dev/null || true
+	_e2e_wait_exit "$pid" 30 || kill -KILL "$pid" 2>/dev/null || true
+	wait "$pid" 2>/dev/null || true
+	check "20 x systemctl restart: each succeeded with a new main process" expect_empty "problems" "$problems"
+	local got
+	got=$(json_fields "$report" failed connections_opened ok 2>&1 || true)
+	check "$clients thinking keep-alive clients across 20 restarts: 0 failed, $clients connections (failed/connections/ok: $got)" \
+		expect_match "failed/connections_opened/ok" "^0/$clients/[1-9][0-9]*$" "$got"
+}
+
+# The same TCP connections (same client ports) are served by the next process,
+# also when a client sent its request while no process ran or closed its
+# connection meanwhile; the fd store empties each time: no fd outlives its
+# connection, in systemd or in the service, after 100 restarts.
+scenario_keep_connections_faults() {
+	local dropin=/run/systemd/system/$SERVICE.d/e2e-gap.conf out pid fds_before
+	fds_before=$(pid1_fds)
+
+	# A gap between the old process's exit and the new one's start: requests
+	# sent into it wait in the stored sockets; closed ones are not leaked.
+	put_file "$dropin" "[Service]"$'\n'"ExecStartPre=+/bin/sleep 1"$'\n'
+	in_ct systemctl daemon-reload
+	idle_clients gap --clients 20 --close 5 --hold 1.5
+	sleep 1
+	in_ct systemctl restart "$SERVICE"
+	out=$(idle_clients_wait gap)
+	pid=$(unit_prop "$SERVICE" MainPID)
+	check "requests sent while no process ran are answered by the next one on the same connections ($out)" \
+		expect_eq "answered twice/failed/PIDs after" "15/0/[$pid]" \
+		"$(json_fields "$LOG_DIR/idle-gap.json" answered_twice failed pids_after | tr -d ' ')"
+	in_ct rm -f "$dropin"
+	in_ct systemctl daemon-reload
+
+	# A start that fails before the new process runs: systemd restarts the
+	# service (Restart=on-failure) and the next process adopts the connections.
+	put_file "$dropin" "[Service]"$'\n'"ExecStartPre=+/bin/sh -c 'if [ -e /run/e2e-fail-once ]; then rm /run/e2e-fail-once; exit 1; fi'"$'\n'
+	in_ct systemctl daemon-reload
+	in_ct touch /run/e2e-fail-once
+	idle_clients fail --clients 20 --hold 3
+	sleep 1
+	in_ct systemctl restart "$SERVICE" >/dev/null 2>&1 || true
+	wait_until 10 unit_state_is "$SERVICE" active || true
+	out=$(idle_clients_wait fail)
+	pid=$(unit_prop "$SERVICE" MainPID)
+	check "a failed start keeps the stored connections for the restart after it ($out)" \
+		expect_eq "answered twice/failed/PIDs after" "20/0/[$pid]" \
+		"$(json_fields "$LOG_DIR/idle-fail.json" answered_twice failed pids_after | tr -d ' ')"
+	in_ct rm -f "$dropin" /run/e2e-fail-once
+	in_ct systemctl daemon-reload
+
+	# 100 restarts with 20 connections kept all along.
+	local i problems=''
+	idle_clients hundred --clients 20 --hold 120
+	sleep 1
+	for i in $(seq 1 100); do
+		out=$(in_ct systemctl restart "$SERVICE" 2>&1) || problems+="restart $i: $out"$'\n'
+		# Under StartLimitBurst= (50 starts in 10 s), as scripted restarts should be.
+		sleep 0.1
+	done
+	check "100 x systemctl restart with idle connections kept" expect_empty "problems" "$problems"
+	local service_fds
+	pid=$(unit_prop "$SERVICE" MainPID)
+	check "PID 1 holds no stored fd once the service adopted them (fds before/after: $fds_before/$(pid1_fds))" \
+		expect_at_most "PID 1 fds" "$((fds_before + FD_SLACK))" "$(pid1_fds)"
+	service_fds=$(in_ct sh -c "ls /proc/$pid/fd | wc -l")
+	check "the service holds the 20 connections and its own fds, nothing more (fds: $service_fds; established: $(established_on_port))" \
+		expect_eq "established connections" 20 "$(established_on_port)"
+	kill "$IDLE_PID" 2>/dev/null || true
+	wait "$IDLE_PID" 2>/dev/null || true
+
+	# A real stop closes what the store holds, as systemd releases it.
+	idle_clients stop --clients 20 --hold 3
+	sleep 1
+	in_ct systemctl stop "$SERVICE"
+	out=$(idle_clients_wait stop)
+	check "systemctl stop closes every kept connection ($out)" \
+		expect_eq "answered twice/failed" "0/20" \
+		"$(json_fields "$LOG_DIR/idle-stop.json" answered_twice failed)"
+	check "nothing stays stored in PID 1 after the stop (fds before/after: $fds_before/$(pid1_fds))" \
+		expect_at_most "PID 1 fds" "$((fds_before + FD_SLACK))" "$(pid1_fds)"
+	in_ct systemctl start "$SERVICE"
 }
 
 # A package upgrade restarts the service on the new binary but must not touch

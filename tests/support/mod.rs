@@ -1,15 +1,18 @@
 //! A harness that plays systemd for the real `seamless` binary: it holds the listening socket
 //! across service processes, passes it as fd 3 with `LISTEN_FDS`/`LISTEN_PID`/`LISTEN_FDNAMES`,
-//! and reads `sd_notify` datagrams on its own `NOTIFY_SOCKET`.
+//! and reads `sd_notify` datagrams on its own `NOTIFY_SOCKET`. With a store
+//! ([`Systemd::with_fd_store`]) it also keeps the fds a service sends with `FDSTORE=1` and
+//! passes them to the next process after the listener, as systemd does across a restart.
 
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -31,6 +34,10 @@ pub struct Systemd {
     /// The user and group the service runs as; `None`: the test's own. Set by
     /// [`Systemd::unprivileged`] for tests that need permission bits to be enforced.
     pub credentials: Option<(u32, u32)>,
+    /// `FileDescriptorStoreMax=`: `None` offers no store (no `FDSTORE` variable).
+    pub fd_store_max: Option<usize>,
+    /// The fd store: what services sent with `FDSTORE=1` and have not removed, by `FDNAME=`.
+    store: Mutex<Vec<(String, OwnedFd)>>,
 }
 
 pub struct Service {
@@ -53,9 +60,26 @@ impl Systemd {
             notify,
             dir,
             credentials: None,
+            fd_store_max: None,
+            store: Mutex::new(Vec::new()),
         };
         systemd.write_config("");
         systemd
+    }
+
+    /// A harness with an fd store for `max` fds, announced to services in `FDSTORE` as systemd
+    /// 254+ does for `FileDescriptorStoreMax=`.
+    pub fn with_fd_store(max: usize) -> Self {
+        Systemd {
+            fd_store_max: Some(max),
+            ..Systemd::new()
+        }
+    }
+
+    /// How many fds named `name` the store holds.
+    pub fn stored(&self, name: &str) -> usize {
+        let store = self.store.lock().expect("store lock");
+        store.iter().filter(|(n, _)| n == name).count()
     }
 
     /// A harness whose service is refused what its permission bits refuse: it runs as `nobody`
@@ -119,15 +143,34 @@ impl Systemd {
         std::fs::rename(&tmp, self.config_path()).expect("rename config");
     }
 
-    /// Starts `seamless serve` with the held socket, as a socket-activated unit would be.
+    /// Starts `seamless serve` with the held socket and whatever the fd store holds, as a
+    /// socket-activated unit would be.
     pub fn start(&self) -> Service {
-        self.start_with(&[("LISTEN_FDS", "1"), ("LISTEN_FDNAMES", "http")], true)
+        let store = self.store.lock().expect("store lock");
+        let mut names = vec!["http"];
+        names.extend(store.iter().map(|(name, _)| name.as_str()));
+        let (count, names) = (names.len().to_string(), names.join(":"));
+        let stored: Vec<RawFd> = store.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
+        let max = self.fd_store_max.map(|max| max.to_string());
+        let mut env = vec![
+            ("LISTEN_FDS", count.as_str()),
+            ("LISTEN_FDNAMES", names.as_str()),
+        ];
+        if let Some(max) = &max {
+            env.push(("FDSTORE", max));
+        }
+        self.spawn(&env, true, stored)
     }
 
     /// Starts `seamless serve` with these extra variables. `$$` of the wrapper shell becomes
     /// `LISTEN_PID` when `own_pid` is set, because `exec` keeps the PID — the trick
     /// systemd-socket-activate uses too.
     pub fn start_with(&self, env: &[(&str, &str)], own_pid: bool) -> Service {
+        self.spawn(env, own_pid, Vec::new())
+    }
+
+    /// Starts `seamless serve` with the listener as fd 3 and `stored` as fds 4, 5, …
+    fn spawn(&self, env: &[(&str, &str)], own_pid: bool, stored: Vec<RawFd>) -> Service {
         let stderr = self.dir.path().join(format!("stderr-{}", unique()));
         let script = if own_pid {
             r#"LISTEN_PID=$$; export LISTEN_PID; exec "$0" "$@""#
@@ -151,13 +194,26 @@ impl Systemd {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr).expect("stderr file"));
         self.as_service_user(&mut command);
-        let fd = self.listener.as_raw_fd();
+        // fd 3 is the listener, 4, 5, … what the store holds.
+        let mut passed: Vec<RawFd> = std::iter::once(self.listener.as_raw_fd())
+            .chain(stored)
+            .collect();
         #[allow(unsafe_code)]
-        // SAFETY: between fork and exec only async-signal-safe calls (dup2, fcntl) are made.
+        // SAFETY: between fork and exec only async-signal-safe calls (dup2, fcntl) are made,
+        // and nothing is allocated: `passed` was built before the fork.
         unsafe {
             command.pre_exec(move || {
-                if libc::dup2(fd, 3) < 0 || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
+                // Out of the way first: a source may sit on a number another one goes to.
+                for fd in passed.iter_mut() {
+                    *fd = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 1000);
+                    if *fd < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                for (target, &fd) in (3..).zip(passed.iter()) {
+                    if libc::dup2(fd, target) < 0 || libc::fcntl(target, libc::F_SETFD, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 Ok(())
             });
@@ -202,11 +258,12 @@ impl Systemd {
         let mut buf = vec![0u8; 4096];
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let received = tokio::time::timeout(left, self.notify.recv(&mut buf)).await;
-            let Ok(Ok(n)) = received else {
+            let received = self
+                .notify
+                .async_io(tokio::io::Interest::READABLE, || self.try_receive(&mut buf));
+            let Ok(Ok(message)) = tokio::time::timeout(left, received).await else {
                 panic!("no notification {what:?} within {PATIENCE:?}; got {seen:#?}");
             };
-            let message = String::from_utf8_lossy(&buf[..n]).into_owned();
             let picked = found(&message);
             seen.push(message);
             if let Some(picked) = picked {
@@ -220,13 +277,79 @@ impl Systemd {
     pub fn pending_notifications(&self) -> Vec<String> {
         // Read past tokio's readiness bookkeeping: the socket is non-blocking, so a plain read
         // returns each queued datagram, then `WouldBlock`.
-        let socket = socket2::SockRef::from(&self.notify);
         let mut seen = Vec::new();
         let mut buf = vec![0u8; 4096];
-        while let Ok(n) = (&*socket).read(&mut buf) {
-            seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        while let Ok(message) = self.try_receive(&mut buf) {
+            seen.push(message);
         }
         seen
+    }
+
+    /// Reads one queued notification without waiting, with the fds it carries, and acts on
+    /// `FDSTORE=1` / `FDSTOREREMOVE=1` as systemd does; other fds (`BARRIER=1`'s pipe) are
+    /// closed, which is what the sender waits for.
+    fn try_receive(&self, buf: &mut [u8]) -> std::io::Result<String> {
+        use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+        use std::os::fd::FromRawFd;
+        let mut space = nix::cmsg_space!([RawFd; 253]);
+        let mut iov = [std::io::IoSliceMut::new(buf)];
+        let received = recvmsg::<()>(
+            self.notify.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+        )
+        .map_err(std::io::Error::from)?;
+        let mut fds = Vec::new();
+        for message in received.cmsgs().map_err(std::io::Error::from)? {
+            if let ControlMessageOwned::ScmRights(raw) = message {
+                #[allow(unsafe_code)]
+                // SAFETY: the kernel just installed these fds in this process for us alone.
+                fds.extend(
+                    raw.into_iter()
+                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                );
+            }
+        }
+        let n = received.bytes;
+        let message = String::from_utf8_lossy(&iov[0][..n]).into_owned();
+        self.act_on(&message, fds);
+        Ok(message)
+    }
+
+    fn act_on(&self, message: &str, fds: Vec<OwnedFd>) {
+        let field = |name: &str| message.lines().find_map(|l| l.strip_prefix(name));
+        let name = field("FDNAME=").unwrap_or("stored").to_owned();
+        let mut store = self.store.lock().expect("store lock");
+        if field("FDSTORE=") == Some("1") {
+            for fd in fds {
+                // Beyond FileDescriptorStoreMax= systemd closes what it is sent.
+                if store.len() < self.fd_store_max.unwrap_or(0) {
+                    store.push((name.clone(), fd));
+                }
+            }
+        } else if field("FDSTOREREMOVE=") == Some("1") {
+            store.retain(|(n, _)| *n != name);
+        }
+    }
+
+    /// Waits for `service` to exit, at most `PATIENCE`, reading its notifications meanwhile as
+    /// systemd does: the fds it stores arrive with them, and a `BARRIER=1` is answered.
+    pub fn wait_reading(&self, service: &mut Service) -> ExitStatus {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            self.pending_notifications();
+            if let Some(status) = service.child.try_wait().expect("try_wait") {
+                self.pending_notifications();
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "seamless did not exit; stderr:\n{}",
+                service.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Starts the service and waits for READY=1.
@@ -335,7 +458,11 @@ pub struct KeepAlive {
 
 impl KeepAlive {
     pub fn connect(addr: SocketAddr) -> Self {
-        let stream = TcpStream::connect(addr).expect("connect");
+        KeepAlive::from_stream(TcpStream::connect(addr).expect("connect"))
+    }
+
+    /// A client on a connection opened earlier.
+    pub fn from_stream(stream: TcpStream) -> Self {
         stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
         stream.set_nodelay(true).expect("nodelay");
         KeepAlive { stream }
@@ -362,6 +489,12 @@ impl KeepAlive {
 
     pub fn request(&mut self, path: &str) -> Option<Response> {
         self.send(path);
+        self.receive()
+    }
+
+    /// A request on a connection the server may have closed: `None` if it was.
+    pub fn try_request(&mut self, path: &str) -> Option<Response> {
+        write!(self.stream, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").ok()?;
         self.receive()
     }
 }

@@ -239,9 +239,16 @@ pub struct ShutdownConfig {
     pub drain_timeout: Duration,
     /// How long an idle HTTP/1 keep-alive connection stays open after the drain starts, so a
     /// request the client is already sending is answered (with `Connection: close`) rather than
-    /// cut. Busy connections close after their next response, usually long before this.
+    /// cut. Busy connections close after their next response, usually long before this. Not
+    /// used for connections the drain keeps (see `keep_connections`).
     #[serde(with = "humantime_serde")]
     pub linger: Duration,
+    /// Whether a stop under systemd hands idle HTTP/1 keep-alive connections to systemd's fd
+    /// store for the next process instead of closing them, so a restart closes no connection.
+    /// Needs `FileDescriptorStoreMax=` in the unit (and, before systemd 254,
+    /// `Environment=FDSTORE=` with the same number); without it, or once the store is full,
+    /// connections drain as `linger` says. Changes live on reload.
+    pub keep_connections: bool,
 }
 
 /// `[upgrade]`: handing over to a new binary (`SIGUSR2`, `NAME upgrade`).
@@ -296,6 +303,7 @@ impl Default for ShutdownConfig {
             announce: Duration::ZERO,
             drain_timeout: Duration::from_secs(25),
             linger: Duration::from_secs(1),
+            keep_connections: true,
         }
     }
 }

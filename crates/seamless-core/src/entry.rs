@@ -157,9 +157,9 @@ fn serve_with<A: App>(loader: Loader, parent: &mut Option<upgrade::Parent>) -> a
         // Handlers first: a SIGHUP right after READY=1 must not kill us.
         let requests = signals::listen().context("cannot install signal handlers")?;
         let socket_activated = passed.is_some();
-        let listeners = match passed {
-            Some(passed) => passed.into_listeners()?,
-            None => listeners::bind(loaded.service.http.listen).await?,
+        let sockets = match passed {
+            Some(passed) => passed.into_sockets()?,
+            None => listeners::bind(loaded.service.http.listen).await?.into(),
         };
         let mut metrics = Metrics::new(&identity.metric_prefix());
         let state = A::state(&loaded.app, &mut metrics)
@@ -171,7 +171,7 @@ fn serve_with<A: App>(loader: Loader, parent: &mut Option<upgrade::Parent>) -> a
             .with_log(log)
             .socket_activated(socket_activated);
         let upgrades = Upgrades::of_this_process(parent.take());
-        anyhow::Ok(server::run(listeners, reloader, requests, upgrades).await)
+        anyhow::Ok(server::run(sockets, reloader, requests, upgrades).await)
     })?;
     // Connections cut by a deadline or an exit request are dropped here, without waiting.
     runtime.shutdown_background();

@@ -3,8 +3,8 @@
 
 use axum::Router;
 use axum::http::{HeaderValue, StatusCode};
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use hyper_util::server::conn::auto;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
@@ -21,8 +21,10 @@ pub(crate) struct Generation {
     pub(crate) router: Router,
     /// `x-config-generation` for every response.
     pub(crate) header: HeaderValue,
-    /// Connection settings (timeouts, header limits).
-    pub(crate) builder: auto::Builder<TokioExecutor>,
+    /// HTTP/1 connection settings (timeouts, header limits).
+    pub(crate) http1: http1::Builder,
+    /// HTTP/2 connection settings (header limits).
+    pub(crate) http2: http2::Builder<TokioExecutor>,
 }
 
 impl Generation {
@@ -36,14 +38,13 @@ impl Generation {
                 StatusCode::REQUEST_TIMEOUT,
                 config.http.request_timeout,
             ));
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
+        let mut http1 = http1::Builder::new();
+        http1
             .timer(TokioTimer::new())
             .header_read_timeout(config.http.header_read_timeout)
             .max_buf_size(config.http.max_header_bytes);
-        builder
-            .http2()
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(config.http.max_header_bytes).unwrap_or(u32::MAX));
         Generation {
@@ -51,7 +52,8 @@ impl Generation {
             number,
             router,
             header: HeaderValue::from(number),
-            builder,
+            http1,
+            http2,
         }
     }
 }

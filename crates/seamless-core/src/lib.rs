@@ -41,7 +41,9 @@
 //! | [`listeners`] | sockets from systemd (`LISTEN_FDS`) or bound ourselves |
 //! | [`signals`] | `SIGHUP`/`SIGUSR2`/`SIGTERM`/`SIGINT`/`SIGQUIT` as [`signals::Request`]s |
 //! | `notify` | `sd_notify`: `READY`, `RELOADING`, `STOPPING`, `STATUS`, `WATCHDOG` |
-//! | [`server`] | accept loops, connections, the events of a serving process: [`run`] |
+//! | [`server`] | accept loops and the events of a serving process: [`run`] |
+//! | `connection` | one connection: HTTP/1 or HTTP/2, serving it, keeping or closing it in the drain |
+//! | `keep` | keeping idle connections across a restart in systemd's fd store |
 //! | `generation` | one configuration generation, swapped as a whole |
 //! | [`routes`] | built-in routes and what is done to every response |
 //! | `drain` | coordination: telling tasks the drain began, knowing when all have ended |
@@ -54,10 +56,12 @@
 pub mod app;
 mod cli;
 pub mod config;
+mod connection;
 mod drain;
 mod entry;
 mod generation;
 pub mod identity;
+mod keep;
 pub mod listeners;
 mod logging;
 pub mod metrics;

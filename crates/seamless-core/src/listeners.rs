@@ -12,7 +12,10 @@
 //!
 //! Reading happens in two steps because of threads: `take_from_env` must run before the tokio
 //! runtime starts (it changes the environment and takes ownership of fds), while turning the
-//! sockets into tokio listeners (`Passed::into_listeners`, [`bind`]) needs the runtime.
+//! sockets into tokio listeners (`Passed::into_sockets`, [`bind`]) needs the runtime.
+//!
+//! Besides listeners, systemd passes the connections a previous process kept in its fd store
+//! (named `connection`, see `keep`): those are connected sockets, checked as such.
 //!
 //! We follow `listenfd`'s convention but do not use the crate, because no part of it fits:
 //! - Reading the variables: `ListenFd::from_env` turns an unparsable `LISTEN_FDS` into "no
@@ -32,6 +35,8 @@ use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use socket2::{Domain, Socket, Type};
 
+use crate::keep::CONNECTION_NAME;
+
 /// First fd systemd passes (`SD_LISTEN_FDS_START`).
 pub const LISTEN_FDS_START: RawFd = 3;
 /// Number of passed fds.
@@ -45,8 +50,9 @@ pub const LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
 pub const LISTEN_FDS_FIRST_FD: &str = "LISTEN_FDS_FIRST_FD";
 /// The name of the socket that serves the application.
 pub const HTTP_NAME: &str = "http";
-/// More fds than this is certainly garbage (systemd's own limit on fd stores is far lower).
-const MAX_LISTEN_FDS: usize = 1024;
+/// More fds than this is certainly garbage: it is the most systemd lets a unit store
+/// (`FileDescriptorStoreMax=`), which stored connections count against, plus the listeners.
+const MAX_LISTEN_FDS: usize = 65536 + 1024;
 
 /// Why sockets could not be taken or bound. Each variant names the variable, fd or address.
 ///
@@ -106,8 +112,10 @@ pub enum ListenerError {
 /// Sockets systemd passed in, owned and checked, not yet registered with tokio.
 #[derive(Debug)]
 pub(crate) struct Passed {
-    /// The sockets, in fd order, with their names.
+    /// The listening sockets, in fd order, with their names.
     sockets: Vec<(String, Socket)>,
+    /// Connections the previous process kept in systemd's fd store.
+    connections: Vec<OwnedFd>,
     /// Who passed them, logged once logging is up (`take_from_env` runs before it is).
     convention: Convention,
 }
@@ -145,6 +153,36 @@ pub enum Listener {
     Tcp(tokio::net::TcpListener),
     /// A unix stream socket.
     Unix(tokio::net::UnixListener),
+}
+
+/// What a serving process starts with: its listening sockets and, after a restart, the
+/// connections the previous process kept in systemd's fd store.
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use seamless_core::listeners::{Listener, Named, Sockets};
+///
+/// let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+/// let sockets = Sockets::from(vec![Named { name: "http".into(), listener: Listener::Tcp(tcp) }]);
+/// assert!(sockets.connections.is_empty());
+/// # });
+/// ```
+#[derive(Debug, Default)]
+pub struct Sockets {
+    /// The listeners; those named `http` (or unnamed) serve the application.
+    pub listeners: Vec<Named>,
+    /// Connected HTTP sockets to serve from the start, passed with `FDNAME=connection`.
+    pub connections: Vec<OwnedFd>,
+}
+
+impl From<Vec<Named>> for Sockets {
+    /// Listeners only, as when self-bound or started without kept connections.
+    fn from(listeners: Vec<Named>) -> Self {
+        Sockets {
+            listeners,
+            connections: Vec::new(),
+        }
+    }
 }
 
 /// A listener with its name (from `LISTEN_FDNAMES`, or `http` when self-bound).
@@ -344,12 +382,17 @@ pub(crate) fn take_from_env() -> Result<Option<Passed>, ListenerError> {
     let Some(fds) = parsed?.filter(|fds| !fds.is_empty()) else {
         return Ok(None);
     };
-    let mut sockets = Vec::with_capacity(fds.len());
+    let (mut sockets, mut connections) = (Vec::with_capacity(fds.len()), Vec::new());
     for (fd, name) in fds {
-        sockets.push((name.clone(), adopt(fd, &name)?));
+        if name == CONNECTION_NAME {
+            connections.push(adopt(fd, &name, Role::Connection)?.into());
+        } else {
+            sockets.push((name.clone(), adopt(fd, &name, Role::Listener)?));
+        }
     }
     Ok(Some(Passed {
         sockets,
+        connections,
         convention: env.convention(),
     }))
 }
@@ -364,7 +407,16 @@ fn unset_env() {
 }
 
 /// Takes ownership of `fd` after checking it is an open, listening stream socket.
-fn adopt(fd: RawFd, name: &str) -> Result<Socket, ListenerError> {
+/// What a passed fd must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// A listening socket, from the socket unit (or our own upgrade).
+    Listener,
+    /// A connection the previous process kept in the fd store.
+    Connection,
+}
+
+fn adopt(fd: RawFd, name: &str, role: Role) -> Result<Socket, ListenerError> {
     let bad = |reason: String| ListenerError::BadFd {
         fd,
         name: name.to_owned(),
@@ -388,10 +440,15 @@ fn adopt(fd: RawFd, name: &str) -> Result<Socket, ListenerError> {
         Ok(t) => return Err(bad(format!("not a stream socket ({t:?})"))),
         Err(e) => return Err(bad(format!("cannot read its type ({e})"))),
     }
-    match socket.is_listener() {
-        Ok(true) => {}
-        Ok(false) => return Err(bad("not listening (listen(2) was not called)".to_owned())),
-        Err(e) => return Err(bad(format!("cannot tell whether it listens ({e})"))),
+    match (socket.is_listener(), role) {
+        (Ok(true), Role::Listener) | (Ok(false), Role::Connection) => {}
+        (Ok(false), Role::Listener) => {
+            return Err(bad("not listening (listen(2) was not called)".to_owned()));
+        }
+        (Ok(true), Role::Connection) => {
+            return Err(bad("a listening socket, not a connection".to_owned()));
+        }
+        (Err(e), _) => return Err(bad(format!("cannot tell whether it listens ({e})"))),
     }
     match socket.domain() {
         Ok(d) if d == Domain::IPV4 || d == Domain::IPV6 || d == Domain::UNIX => {}
@@ -409,7 +466,7 @@ fn adopt(fd: RawFd, name: &str) -> Result<Socket, ListenerError> {
 
 impl Passed {
     /// Registers the sockets with the current tokio runtime. Fails when none serves `http`.
-    pub(crate) fn into_listeners(self) -> Result<Vec<Named>, ListenerError> {
+    pub(crate) fn into_sockets(self) -> Result<Sockets, ListenerError> {
         if !self.sockets.iter().any(|(name, _)| serves_http(name)) {
             let names: Vec<&str> = self.sockets.iter().map(|(n, _)| n.as_str()).collect();
             return Err(ListenerError::NoHttpSocket {
@@ -418,19 +475,23 @@ impl Passed {
         }
         // Here rather than in `take_from_env`, which runs before logging is set up.
         let sockets = self.sockets.len();
+        let connections = self.connections.len();
         match self.convention {
             Convention::Systemd => tracing::info!(
                 convention = "systemd",
                 sockets,
+                connections,
                 "using sockets passed with our LISTEN_PID"
             ),
             Convention::NoPid => tracing::info!(
                 convention = "no-pid",
                 sockets,
+                connections,
                 "using sockets passed without LISTEN_PID, as dev tools like `systemfd --no-pid` do"
             ),
         }
-        self.sockets
+        let listeners = self
+            .sockets
             .into_iter()
             .map(|(name, socket)| {
                 let register = |reason| ListenerError::Register {
@@ -446,7 +507,11 @@ impl Passed {
                 };
                 Ok(Named { name, listener })
             })
-            .collect()
+            .collect::<Result<_, _>>()?;
+        Ok(Sockets {
+            listeners,
+            connections: self.connections,
+        })
     }
 }
 
@@ -624,7 +689,7 @@ mod tests {
                 env(Some("42"), Some("99999999999999999999"), None),
                 LISTEN_FDS,
             ),
-            (env(Some("42"), Some("5000"), None), LISTEN_FDS),
+            (env(Some("42"), Some("100000"), None), LISTEN_FDS),
             (env(Some("42"), None, None), LISTEN_FDS),
             (env(Some("42"), Some("2"), Some("http")), LISTEN_FDNAMES),
             (
@@ -634,7 +699,7 @@ mod tests {
             // Without LISTEN_PID the same rules hold.
             (env(None, Some(""), None), LISTEN_FDS),
             (env(None, Some("one"), None), LISTEN_FDS),
-            (env(None, Some("5000"), None), LISTEN_FDS),
+            (env(None, Some("100000"), None), LISTEN_FDS),
             (env(None, Some("2"), Some("http")), LISTEN_FDNAMES),
             (env(Some(""), Some("1"), None), LISTEN_PID),
         ];
@@ -661,7 +726,7 @@ mod tests {
         use std::os::fd::IntoRawFd;
         let file = std::fs::File::open("/proc/self/status").expect("open");
         let fd = file.into_raw_fd();
-        let err = adopt(fd, "http").expect_err("a file is not a socket");
+        let err = adopt(fd, "http", Role::Listener).expect_err("a file is not a socket");
         assert!(err.to_string().contains("not a socket"), "{err}");
         assert!(err.to_string().contains(&format!("fd {fd}")), "{err}");
         // `adopt` did not take the fd; close it ourselves.
@@ -670,14 +735,41 @@ mod tests {
         drop(unsafe { OwnedFd::from_raw_fd(fd) });
 
         let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
-        let err = adopt(udp.into_raw_fd(), "http").expect_err("datagram");
+        let err = adopt(udp.into_raw_fd(), "http", Role::Listener).expect_err("datagram");
         assert!(err.to_string().contains("not a stream socket"), "{err}");
 
         let tcp = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
-        let err = adopt(OwnedFd::from(tcp).into_raw_fd(), "http").expect_err("not listening");
+        let err = adopt(OwnedFd::from(tcp).into_raw_fd(), "http", Role::Listener)
+            .expect_err("not listening");
         assert!(err.to_string().contains("not listening"), "{err}");
 
-        let err = adopt(987_654, "http").expect_err("closed fd");
+        let err = adopt(987_654, "http", Role::Listener).expect_err("closed fd");
         assert!(err.to_string().contains("not an open fd"), "{err}");
+    }
+
+    #[test]
+    fn a_kept_connection_must_be_connected() {
+        use std::os::fd::IntoRawFd;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let err = adopt(
+            OwnedFd::from(listener).into_raw_fd(),
+            "connection",
+            Role::Connection,
+        )
+        .expect_err("a listener is not a connection");
+        assert!(err.to_string().contains("not a connection"), "{err}");
+        assert!(err.to_string().contains("(connection)"), "{err}");
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let _client =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (accepted, _) = listener.accept().expect("accept");
+        let socket = adopt(
+            OwnedFd::from(accepted).into_raw_fd(),
+            "connection",
+            Role::Connection,
+        )
+        .expect("a connected socket is adopted");
+        assert!(socket.nonblocking().expect("flags"), "ready for tokio");
     }
 }

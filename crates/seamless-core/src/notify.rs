@@ -76,6 +76,11 @@ impl Notifier {
         }
     }
 
+    /// `FDSTOREREMOVE=1` for every fd stored under `name`: this process has taken them over.
+    pub(crate) fn fd_store_remove(&self, name: &str) {
+        self.send(&[NotifyState::FdStoreRemove, NotifyState::FdName(name)]);
+    }
+
     /// `WATCHDOG=1`: the serving runtime is alive.
     pub(crate) fn watchdog(&self) {
         self.send(&[NotifyState::Watchdog]);
@@ -95,11 +100,11 @@ impl Notifier {
 }
 
 /// How long to wait for systemd to confirm it has read our messages.
-const BARRIER_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const BARRIER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `sd_notify_barrier(3)`: sends `BARRIER=1` with the write end of a pipe; systemd closes it
 /// once it has processed every message before it, which we see as end-of-file.
-async fn barrier(timeout: Duration) -> io::Result<()> {
+pub(crate) async fn barrier(timeout: Duration) -> io::Result<()> {
     let (read, write) = std::io::pipe()?;
     sd_notify::notify_with_fds(&[NotifyState::Custom("BARRIER=1")], &[write.as_fd()])?;
     drop(write);

@@ -13,7 +13,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::body::{Body, Bytes};
-use axum::http::{HeaderValue, Method, Request, StatusCode, Version, header};
+use axum::http::{HeaderValue, Method, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::identity::Identity;
@@ -116,24 +116,24 @@ pub(crate) fn builtin<B>(request: &Request<B>, shared: &Shared) -> Option<Respon
 }
 
 /// What the server does to every response: counts it, tags it with the config generation
-/// that served it, and — once the drain has started — asks HTTP/1 clients to close the
-/// connection after it, whatever the application set. That last part is what lets a drain
-/// end without cutting a keep-alive connection under a client's next request.
+/// that served it, and — when `close` is set (the drain closes this HTTP/1 connection) — asks
+/// the client to close the connection after it, whatever the application set. That last part
+/// is what lets a drain end without cutting a keep-alive connection under a client's next
+/// request.
 ///
 /// Done by the server around the router rather than as a middleware layer: it runs once per
 /// request on the hot path, and a layer would cost allocations that hello-world throughput
 /// notices.
 pub(crate) fn finish(
     response: &mut Response,
-    version: Version,
     shared: &Shared,
     generation: &HeaderValue,
+    close: bool,
 ) {
     shared.metrics.response(response.status().as_u16());
     let headers = response.headers_mut();
     headers.insert("x-config-generation", generation.clone());
-    // `Connection` is illegal in HTTP/2; those connections get GOAWAY from the server instead.
-    if version <= Version::HTTP_11 && shared.draining() {
+    if close {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
 }
@@ -184,11 +184,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn draining_closes_whatever_the_app_said() {
+    async fn closing_overrides_whatever_the_app_said() {
         let shared = shared();
         let generation = HeaderValue::from(7);
         let mut response = ([(header::CONNECTION, "keep-alive")], "app").into_response();
-        finish(&mut response, Version::HTTP_11, &shared, &generation);
+        finish(&mut response, &shared, &generation, false);
         assert_eq!(response.headers()["x-config-generation"], "7");
         assert_eq!(response.headers()[header::CONNECTION], "keep-alive");
 
@@ -196,11 +196,8 @@ mod tests {
         let ready = builtin(&get("/readyz"), &shared).expect("builtin");
         assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
         let mut response = ([(header::CONNECTION, "keep-alive")], "app").into_response();
-        finish(&mut response, Version::HTTP_11, &shared, &generation);
+        finish(&mut response, &shared, &generation, true);
         assert_eq!(response.headers()[header::CONNECTION], "close");
-        let mut h2 = "app".into_response();
-        finish(&mut h2, Version::HTTP_2, &shared, &generation);
-        assert!(h2.headers().get(header::CONNECTION).is_none());
     }
 
     #[tokio::test]
@@ -212,7 +209,7 @@ mod tests {
         assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(body(ready).await, "stopping\n");
         let mut response = "app".into_response();
-        finish(&mut response, Version::HTTP_11, &shared, &generation);
+        finish(&mut response, &shared, &generation, false);
         assert!(response.headers().get(header::CONNECTION).is_none());
         let metrics = builtin(&get("/metrics"), &shared).expect("builtin");
         assert!(body(metrics).await.contains("example_announcing 1"));

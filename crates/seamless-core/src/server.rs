@@ -13,11 +13,15 @@
 //!
 //! 1. accept loops stop and drop their listeners — under systemd the socket stays open in the
 //!    socket unit, so new connections wait in the kernel backlog for the next process;
-//! 2. every response from now on carries `Connection: close` (see `routes::finish`), so a busy
-//!    HTTP/1 connection ends cleanly right after its next response, and the client knows not to
-//!    reuse it — whatever the application's handlers set;
-//! 3. idle HTTP/1 connections keep reading for `shutdown.linger`, so a request already on its
-//!    way is answered rather than cut; only connections still idle after that are closed;
+//! 2. under systemd with an fd store (`FileDescriptorStoreMax=`), every HTTP/1 connection is
+//!    *kept*: once it is between two requests, it goes to systemd's fd store instead of being
+//!    closed, and the next process serves it — the client never notices the restart (see
+//!    `keep` and `connection`);
+//! 3. a connection that cannot be kept (no store, the store is full, bytes read ahead, a binary
+//!    upgrade) closes gently: every response from now on carries `Connection: close`, so a busy
+//!    HTTP/1 connection ends cleanly right after its next response, and an idle one keeps
+//!    reading for `shutdown.linger`, so a request already on its way is answered rather than
+//!    cut; only connections still idle after that are closed;
 //! 4. HTTP/2 connections get GOAWAY at once: the protocol tells clients which streams were
 //!    processed, so nothing is lost;
 //! 5. `shutdown.drain_timeout` bounds it all.
@@ -32,47 +36,30 @@
 //! exits. A reload during the announce is applied as usual (requests are still served), but the
 //! announce keeps the length it started with.
 
-use std::convert::Infallible;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use axum::http::Version;
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tower::ServiceExt;
 
 use crate::app::App;
+use crate::connection::{self, Peer, Serving, Stream};
 use crate::drain::{Drain, Watch};
-use crate::generation::Generation;
-use crate::listeners::{Listener, Named, serves_http};
+use crate::keep::{CONNECTION_NAME, Store};
+use crate::listeners::{Listener, Named, Sockets, serves_http};
 use crate::notify::{self, Notifier};
 use crate::reload::{Outcome, Reloader};
-use crate::routes::{self, Shared};
+use crate::routes::Shared;
 use crate::signals::Request;
 use crate::upgrade::{self, Successor, UpgradeError};
 use crate::verdict::Verdict;
 
 /// Extra stop time asked of systemd beyond the drain deadline, for logging and exit.
 const STOP_MARGIN: Duration = Duration::from_secs(5);
-/// What a connection has carried so far: nothing, HTTP/1 requests, or HTTP/2 requests.
-const NOTHING_YET: u8 = 0;
-const HTTP1: u8 = 1;
-const HTTP2: u8 = 2;
 /// Pause after a failed `accept` (e.g. out of fds) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
-/// How long a connection over `http.max_connections` may take to read its `503`.
-const REJECT_LINGER: Duration = Duration::from_secs(1);
-
-/// Who is at the other end of a connection, for logs.
-#[derive(Debug, Clone)]
-struct Peer(Arc<str>);
 
 /// How [`run`] ended.
 ///
@@ -130,7 +117,8 @@ impl Default for Upgrades {
     }
 }
 
-/// Serves `listeners` until a [`Request::Drain`] (or the end of `requests`) has been carried
+/// Serves `sockets` (listeners, and connections kept by the previous process) until a
+/// [`Request::Drain`] (or the end of `requests`) has been carried
 /// out, a successor has taken over after [`Request::Upgrade`], or a [`Request::Exit`] arrives.
 ///
 /// Sends `READY=1` once every listener is being served, `RELOADING=1`/`READY=1` around each
@@ -190,12 +178,12 @@ impl Default for Upgrades {
 /// # Ok::<_, Box<dyn std::error::Error>>(())
 /// ```
 pub async fn run<A: App>(
-    listeners: Vec<Named>,
+    sockets: impl Into<Sockets>,
     reloader: Reloader<A>,
     mut requests: mpsc::Receiver<Request>,
     upgrades: Upgrades,
 ) -> Stopped {
-    let mut service = Service::start(listeners, reloader, upgrades);
+    let mut service = Service::start(sockets.into(), reloader, upgrades);
     let mut deferred = None;
     loop {
         let event = match deferred.take() {
@@ -260,18 +248,40 @@ struct Service<A: App> {
     upgrading: Option<Upgrading>,
     /// Whether `STOPPING=1` went out with an announce, so the drain does not send it again.
     announced: bool,
+    /// systemd's fd store, where the drain keeps connections for the next process.
+    store: Option<Arc<Store>>,
 }
 
 impl<A: App> Service<A> {
-    /// Starts an accept loop per listener, the watchdog, and tells systemd (and a parent
-    /// process after an upgrade) that the service is ready.
-    fn start(listeners: Vec<Named>, reloader: Reloader<A>, mut upgrades: Upgrades) -> Self {
+    /// Serves the connections the previous process kept, starts an accept loop per listener
+    /// and the watchdog, and tells systemd (and a parent process after an upgrade) that the
+    /// service is ready.
+    fn start(sockets: Sockets, reloader: Reloader<A>, mut upgrades: Upgrades) -> Self {
         let notifier = Arc::new(Notifier::new());
         let shared = reloader.shared();
         let drain = Drain::new();
+        let store = Store::from_env().map(Arc::new);
+        let connections = Arc::new(Serving {
+            live: reloader.live(),
+            shared: shared.clone(),
+            store: store.clone(),
+        });
+        // Kept connections first: a request their client sent while no process ran is waiting.
+        let kept = sockets.connections.len();
+        for fd in sockets.connections {
+            adopt(fd, &connections, &drain);
+        }
+        if kept > 0 {
+            // They are ours now; a copy left in the store would hold them open for ever.
+            notifier.fd_store_remove(CONNECTION_NAME);
+            tracing::info!(
+                connections = kept,
+                "serving connections kept by the previous process"
+            );
+        }
         let mut serving = Vec::new();
         let mut inherit = Vec::new();
-        for Named { name, listener } in listeners {
+        for Named { name, listener } in sockets.listeners {
             match listener.as_fd().try_clone_to_owned() {
                 Ok(fd) => inherit.push((name.clone(), fd)),
                 Err(error) => {
@@ -284,10 +294,10 @@ impl<A: App> Service<A> {
             }
             tracing::info!(socket = %name, address = %listener, "listening");
             serving.push(format!("{name} ({listener})"));
-            let (watch, live, shared) = (drain.watch(), reloader.live(), shared.clone());
+            let (watch, connections) = (drain.watch(), connections.clone());
             tokio::spawn(async move {
                 if let Some(watch) = watch {
-                    accept_loop(listener, live, shared, watch).await;
+                    accept_loop(listener, connections, watch).await;
                 }
             });
         }
@@ -316,6 +326,7 @@ impl<A: App> Service<A> {
             upgrades,
             upgrading: None,
             announced: false,
+            store,
         }
     }
 
@@ -425,6 +436,10 @@ impl<A: App> Service<A> {
     /// The successor `pid` serves: make it the unit's main process, then drain.
     async fn hand_over(mut self, pid: i32, requests: &mut mpsc::Receiver<Request>) -> Stopped {
         let started_usec = self.upgrading.take().map_or(0, |u| u.started_usec);
+        // The successor runs already: what the store holds would reach only the next restart.
+        if let Some(store) = &self.store {
+            store.refuse();
+        }
         self.shared.set_draining();
         let open = self.shared.metrics.open_connections();
         // From here on the successor speaks for the unit: no STOPPING=1, no STATUS, no
@@ -547,7 +562,20 @@ impl<A: App> Service<A> {
     /// exit is requested.
     async fn finish_drain(mut self, requests: &mut mpsc::Receiver<Request>) -> Stopped {
         let deadline = self.reloader.live().load().config.shutdown.drain_timeout;
-        finish_drain(&mut self.drain, deadline, &self.shared, requests).await
+        let stopped = finish_drain(&mut self.drain, deadline, &self.shared, requests).await;
+        let kept = self.store.as_ref().map_or(0, |store| store.stored());
+        if kept > 0 {
+            // systemd must have taken every stored connection before we exit: a message read
+            // after the process is gone is dropped, with the connection in it.
+            if let Err(error) = notify::barrier(notify::BARRIER_TIMEOUT).await {
+                tracing::warn!(%error, "systemd did not confirm the connections kept in its fd store");
+            }
+            tracing::info!(
+                connections = kept,
+                "kept connections in systemd's fd store for the next process"
+            );
+        }
+        stopped
     }
 }
 
@@ -604,18 +632,13 @@ fn millis(duration: Duration) -> u64 {
 }
 
 /// Accepts connections until the drain starts, then drops the listener.
-async fn accept_loop(
-    listener: Listener,
-    live: Arc<ArcSwap<Generation>>,
-    shared: Arc<Shared>,
-    mut watch: Watch,
-) {
+async fn accept_loop(listener: Listener, serving: Arc<Serving>, mut watch: Watch) {
     loop {
         let accepted = tokio::select! {
             () = watch.started() => return,
             accepted = accept(&listener) => accepted,
         };
-        let (io, peer) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(error) => {
                 // Usually EMFILE or a connection reset before accept: neither is fatal.
@@ -624,30 +647,38 @@ async fn accept_loop(
                 continue;
             }
         };
-        let limit = live.load().config.http.max_connections;
-        if shared.metrics.open_connections() >= limit {
-            shared.metrics.rejected();
+        let limit = serving.live.load().config.http.max_connections;
+        if serving.shared.metrics.open_connections() >= limit {
+            serving.shared.metrics.rejected();
             tracing::debug!(
                 peer = &*peer.0,
                 limit,
                 "over http.max_connections; answering 503"
             );
-            tokio::spawn(reject(io));
+            tokio::spawn(connection::reject(stream));
             continue;
         }
-        shared.metrics.connection_opened();
-        let (live, shared, watch) = (live.clone(), shared.clone(), watch.clone());
-        tokio::spawn(async move {
-            serve(io, peer, live, shared.clone(), watch).await;
-            shared.metrics.connection_closed();
-        });
+        spawn(stream, peer, serving.clone(), watch.clone());
     }
 }
 
-/// An accepted stream of either kind.
-enum Stream {
-    Tcp(tokio::net::TcpStream),
-    Unix(tokio::net::UnixStream),
+/// Serves a connection kept by the previous process, as if just accepted.
+fn adopt(fd: OwnedFd, serving: &Arc<Serving>, drain: &Drain) {
+    let Some(watch) = drain.watch() else { return };
+    match Stream::adopt(fd) {
+        Ok((stream, peer)) => spawn(stream, peer, serving.clone(), watch),
+        Err(error) => tracing::warn!(%error, "cannot serve a kept connection; closing it"),
+    }
+}
+
+/// Serves a connection in a task of its own, counted in the open connections.
+fn spawn(stream: Stream, peer: Peer, serving: Arc<Serving>, watch: Watch) {
+    serving.shared.metrics.connection_opened();
+    tokio::spawn(async move {
+        let shared = serving.shared.clone();
+        connection::serve(stream, peer, serving, watch).await;
+        shared.metrics.connection_closed();
+    });
 }
 
 async fn accept(listener: &Listener) -> std::io::Result<(Stream, Peer)> {
@@ -663,137 +694,4 @@ async fn accept(listener: &Listener) -> std::io::Result<(Stream, Peer)> {
             Ok((Stream::Unix(stream), Peer("unix".into())))
         }
     }
-}
-
-/// Serves one connection until it ends, the drain closes it, or the process exits.
-async fn serve(
-    io: Stream,
-    peer: Peer,
-    live: Arc<ArcSwap<Generation>>,
-    shared: Arc<Shared>,
-    watch: Watch,
-) {
-    match io {
-        Stream::Tcp(io) => serve_io(io, peer, live, shared, watch).await,
-        Stream::Unix(io) => serve_io(io, peer, live, shared, watch).await,
-    }
-}
-
-async fn serve_io<I>(
-    io: I,
-    peer: Peer,
-    live: Arc<ArcSwap<Generation>>,
-    shared: Arc<Shared>,
-    mut watch: Watch,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    // Connection settings come from the generation current at accept time; each request
-    // then picks the generation current when it arrives.
-    let settings = live.load_full();
-    let seen = Arc::new(AtomicU8::new(NOTHING_YET));
-    let service = {
-        let (seen, peer) = (seen.clone(), peer.clone());
-        hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-            let version = request.version();
-            let protocol = if version == Version::HTTP_2 {
-                HTTP2
-            } else {
-                HTTP1
-            };
-            seen.store(protocol, Ordering::Relaxed);
-            let current = live.load_full();
-            // Per-request logging costs allocations; pay for them only when it is on.
-            let logged = tracing::enabled!(tracing::Level::DEBUG).then(|| {
-                let path = request.uri().path().to_owned();
-                (Instant::now(), request.method().clone(), path, peer.clone())
-            });
-            let shared = shared.clone();
-            async move {
-                let mut response = match routes::builtin(&request, &shared) {
-                    Some(response) => response,
-                    None => {
-                        let Ok(response) = current.router.clone().oneshot(request).await;
-                        response
-                    }
-                };
-                routes::finish(&mut response, version, &shared, &current.header);
-                if let Some((started, method, path, peer)) = logged {
-                    tracing::debug!(
-                        peer = &*peer.0,
-                        %method,
-                        path,
-                        status = response.status().as_u16(),
-                        elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-                        "request"
-                    );
-                }
-                Ok::<_, Infallible>(response)
-            }
-        })
-    };
-    let connection = settings.builder.serve_connection(TokioIo::new(io), service);
-    tokio::pin!(connection);
-
-    // hyper times out slow request heads, but not a client that sends nothing at all (its
-    // HTTP/1-or-2 detection waits without a deadline): such a client would hold a connection
-    // slot forever. Without a request by `header_read_timeout`, drop it.
-    let silent = async {
-        tokio::time::sleep(settings.config.http.header_read_timeout).await;
-        if seen.load(Ordering::Relaxed) != NOTHING_YET {
-            std::future::pending::<()>().await;
-        }
-    };
-    let finished = tokio::select! {
-        result = connection.as_mut() => Some(result),
-        () = watch.started() => None,
-        () = silent => {
-            tracing::debug!(peer = &*peer.0, "no request within http.header_read_timeout; closing");
-            return;
-        }
-    };
-    let result = match finished {
-        Some(result) => result,
-        None if seen.load(Ordering::Relaxed) == HTTP2 => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-        None => {
-            // HTTP/1: let a request already on its way arrive and be answered (with
-            // `Connection: close`), then close what is still idle.
-            let linger = settings.config.shutdown.linger;
-            match tokio::time::timeout(linger, connection.as_mut()).await {
-                Ok(result) => result,
-                Err(_) => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
-            }
-        }
-    };
-    if let Err(error) = result {
-        // Mostly clients going away or header timeouts: worth a debug line, not more.
-        tracing::debug!(peer = &*peer.0, %error, "connection ended with an error");
-    }
-}
-
-/// Answers a connection over the limit with `503` and closes it gently: half-close, then read
-/// what the client sent, so the kernel does not reset the connection and eat the response.
-async fn reject(io: Stream) {
-    match io {
-        Stream::Tcp(io) => reject_io(io).await,
-        Stream::Unix(io) => reject_io(io).await,
-    }
-}
-
-async fn reject_io<I: AsyncRead + AsyncWrite + Unpin>(mut io: I) {
-    const RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-type: text/plain\r\ncontent-length: 20\r\nretry-after: 1\r\n\r\ntoo many connections";
-    let _ = tokio::time::timeout(REJECT_LINGER, async {
-        io.write_all(RESPONSE).await?;
-        io.shutdown().await?;
-        let mut sink = [0u8; 4096];
-        while io.read(&mut sink).await? > 0 {}
-        Ok::<_, std::io::Error>(())
-    })
-    .await;
 }

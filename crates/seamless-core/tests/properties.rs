@@ -55,7 +55,7 @@ impl AppConfig for Settings {}
 type Both = Loaded<Settings>;
 
 /// Mirrors the private limit in `src/listeners.rs`: more passed fds is certainly garbage.
-const MAX_LISTEN_FDS: usize = 1024;
+const MAX_LISTEN_FDS: usize = 65536 + 1024;
 
 fn config() -> ProptestConfig {
     ProptestConfig {
