@@ -131,8 +131,9 @@ write_config() {
 
 # Starts instance N self-bound (nothing inherited from a manager that may run
 # this script), waits until it answers /readyz and the balancer routes to it.
+# RESTART says whether it replaces one stopped under load.
 start_instance() {
-	local n=$1
+	local n=$1 restart=${2:-no}
 	env -u NOTIFY_SOCKET -u LISTEN_FDS -u LISTEN_PID -u LISTEN_FDNAMES \
 		-u WATCHDOG_USEC -u WATCHDOG_PID \
 		"$BIN" serve --config "$WORK/i$n.toml" >>"$WORK/i$n.log" 2>&1 &
@@ -145,8 +146,9 @@ start_instance() {
 			die "HAProxy does not see instance $n up within ${READY_WITHIN}s (status: $(haproxy_status "$n"))"
 		;;
 	nginx)
-		# A server nginx took out gets requests again once fail_timeout has passed.
-		sleep "$NGINX_FAIL_TIMEOUT"
+		# A server nginx took out gets requests again once fail_timeout has passed;
+		# before the load nothing has failed, so nothing is out.
+		[[ $restart == no ]] || sleep "$NGINX_FAIL_TIMEOUT"
 		;;
 	esac
 }
@@ -206,7 +208,7 @@ run() {
 	for ((restart = 1; restart <= RESTARTS; restart++)); do
 		for n in "${!HOSTS[@]}"; do
 			stop_instance "$n" TERM
-			start_instance "$n"
+			start_instance "$n" restart
 		done
 	done
 	sleep 1
