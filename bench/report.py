@@ -4,6 +4,7 @@
     report.py totals REPORT.json        "total ok failed" of one loadgen report
     report.py outcomes REPORT.json      its non-zero failure outcomes, one line
     report.py render RESULTS-DIR OUT.md the report
+    report.py fleet FLEET-DIR OUT.md    the fleet section alone (bench/run.sh --fleet-only)
 """
 
 import json
@@ -718,6 +719,108 @@ def sighup_note(data):
     return notes
 
 
+# --- fleet -----------------------------------------------------------------------------
+
+FLEET_SETUPS = {
+    "self-bound": "self-bound",
+    "systemd bookworm": "Debian 12 machines",
+    "systemd trixie": "Debian 13 machines",
+}
+FLEET_BALANCERS = {"haproxy": "HAProxy", "nginx": "nginx"}
+
+
+def load_fleet(fleet_dir):
+    """The lines tests/fleet/*.sh --results wrote (results_line in tests/fleet/lib.sh), grouped
+    by row in the order they first appear: several runs of one row share it."""
+    rows = {}
+    for line in read_text(os.path.join(fleet_dir, "results.tsv")).splitlines():
+        parts = line.split("\t")
+        if len(parts) != 10 or not (parts[5].isdigit() and parts[6].isdigit()):
+            continue
+        setup, balancer, operation, mode, announce, failed, total, _ok, statuses, outcomes = parts
+        rows.setdefault((setup, balancer, operation, mode, announce), []).append(
+            (int(failed), int(total), statuses, outcomes)
+        )
+    return rows
+
+
+def fleet_failures(runs):
+    """What the failed requests were, over all runs of a row: statuses other than 200, and the
+    failure outcomes that are not a status."""
+    kinds = {}
+    for _failed, _total, statuses, outcomes in runs:
+        for field, skip in ((statuses, ("200",)), (outcomes, ())):
+            for pair in field.split(","):
+                name, _, count = pair.partition(":")
+                if count.isdigit() and name not in skip and not name.startswith("status_"):
+                    label = f"`{name}`" if name.isdigit() else name.replace("_", " ")
+                    kinds[label] = kinds.get(label, 0) + int(count)
+    return ", ".join(f"{k} × {num(v)}" for k, v in kinds.items()) or "–"
+
+
+def fleet_section(fleet_dir):
+    """The section, as lines; none without results."""
+    rows = load_fleet(fleet_dir)
+    if not rows:
+        return []
+    meta = read_kv(os.path.join(fleet_dir, "run.txt"))
+    runs = {len(r) for r in rows.values()}
+    md = ["## Fleet behind a load balancer", ""]
+    md.append(
+        f"Three instances behind a load balancer on the host, measured by `{meta.get('command', '?')}` "
+        f"on {meta.get('started', '?')} in {meta.get('elapsed_s', '?')} s: "
+        f"16 strict loadgen connections through the balancer on 127.0.0.1:18100, each row "
+        f"{' or '.join(str(n) for n in sorted(runs))} run(s), counts of each run in order. "
+        "A rolling operation takes each instance in turn and waits until the balancer routes to it "
+        "again before the next. Rows with `shutdown.announce` set fail the run on any failed "
+        "request; `\"0s\"` rows are for comparison."
+    )
+    md.append("")
+    md.append(
+        f"- self-bound (`tests/fleet/run.sh`): the release binary on 127.0.0.2–4:18101, "
+        f"{meta.get('restarts', '?')} rolling restarts per run (SIGTERM, exit, start again)."
+    )
+    md.append(
+        f"- HAProxy {meta.get('haproxy', '?')}: `option httpchk GET /readyz`, "
+        "`default-server inter 200ms fall 1 rise 1`, default `retries 3`, no `option redispatch`; "
+        "routing again means its stats page shows the server `UP`."
+    )
+    md.append(
+        f"- nginx {meta.get('nginx', '?')}: no active health check (open source); "
+        "`max_fails=1 fail_timeout=1s`, `keepalive 32` with `proxy_http_version 1.1` and "
+        "`proxy_set_header Connection \"\"`, `proxy_next_upstream error timeout http_502 http_503` "
+        "(loadgen sends GET, which nginx may pass to the next server); routing again means "
+        "`fail_timeout` elapsed after the instance answered `/readyz`."
+    )
+    if any(k[0].startswith("systemd") for k in rows):
+        md.append(
+            "- Debian machines (`tests/fleet/systemd.sh`): three systemd-nspawn machines from one "
+            "cached tree, the `.deb` installed on each, `NAME.socket` on 127.0.0.2–4:18101 "
+            "(socket-activated: systemd keeps the listening socket through a restart), one rolling "
+            "`systemctl restart` or package upgrade (`dpkg -i` of a higher version) per run, behind "
+            "the same HAProxy backend."
+        )
+    md.append("")
+    out = []
+    for (setup, balancer, operation, mode, announce), r in rows.items():
+        out.append(
+            [
+                FLEET_SETUPS.get(setup, setup),
+                FLEET_BALANCERS.get(balancer, balancer),
+                operation,
+                MODE_NAMES.get(mode, mode),
+                f"`\"{announce}\"`",
+                " and ".join(f"{num(f)} / {num(t)}" for f, t, _s, _o in r),
+                fleet_failures(r),
+            ]
+        )
+    md.append(
+        table(["instances", "balancer", "operation", "clients", "`shutdown.announce`", "failed / total", "failed requests"], out)
+    )
+    md.append("")
+    return md
+
+
 # --- render ----------------------------------------------------------------------------
 
 
@@ -980,6 +1083,8 @@ def render(res, out_path):
         )
         add("")
 
+    md.extend(fleet_section(os.path.join(res, "fleet")))
+
     add("## Method")
     add("")
     add(
@@ -1047,6 +1152,10 @@ def main(argv):
         if r is None:
             return 1
         print(failure_kinds(r))
+        return 0
+    if len(argv) == 4 and argv[1] == "fleet":
+        with open(argv[3], "w") as f:
+            f.write("\n".join(fleet_section(argv[2])).rstrip() + "\n")
         return 0
     if len(argv) == 4 and argv[1] == "render":
         render(argv[2], argv[3])

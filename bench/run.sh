@@ -6,16 +6,22 @@
 # counted, nothing retried). Anchors measured in the same run: the textbook
 # axum graceful shutdown under the same socket unit (bench/naive) and nginx's
 # own reload. Also throughput against bare axum, start-up time to READY=1,
-# memory and `systemctl reload` latency.
+# memory and `systemctl reload` latency. Then the fleet tests (tests/fleet/):
+# three instances behind HAProxy and behind nginx on the host, rolling restarts
+# and package upgrades under the same strict load.
 #
 # Usage:
-#   bench/run.sh [--short] [--dist bookworm|trixie|all] [--no-build]
+#   bench/run.sh [--short | --fleet-only] [--dist bookworm|trixie|all] [--no-build]
 #
 #   --short     CI mode: few events (restart x3, reload x3, upgrade x2,
 #               package upgrade x1, SIGHUP x100), one distribution (trixie
 #               unless --dist says otherwise), no anchors, no throughput or
-#               footprint; the report goes to bench/results/short/ instead of
-#               BENCHMARKS.md
+#               footprint, no fleet; the report goes to bench/results/short/
+#               instead of BENCHMARKS.md
+#   --fleet-only  only the fleet part of a full run: tests/fleet/run.sh behind
+#               HAProxy and behind nginx, tests/fleet/systemd.sh on the first
+#               --dist (default bookworm), each twice; its section of the
+#               report goes to bench/results/fleet/FLEET.md
 #   --dist      default: all (full), trixie (short); one after the other since
 #               every container shares the host network
 #   --no-build  use the binaries and .deb already in target/ instead of
@@ -25,9 +31,9 @@
 # in each seamless restart/reload/upgrade/package-upgrade/SIGHUP scenario,
 # each mode), then "N passed, M failed"; the exit status is non-zero when a
 # check failed. Performance targets are reported in the Markdown report, not
-# asserted. Raw data: bench/results/{full,short}/ (git-ignored).
-# Needs root (systemd-nspawn), python3, curl; reuses tests/e2e/ to build and
-# boot the containers.
+# asserted. Raw data: bench/results/{full,short,fleet}/ (git-ignored).
+# Needs root (systemd-nspawn), python3, curl, and haproxy and nginx for the
+# fleet; reuses tests/e2e/ to build and boot the containers.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -52,7 +58,7 @@ readonly MIN_OK=200
 readonly CONFIG=/etc/seamless/seamless.toml
 readonly DEFAULT_MESSAGE='Hello from seamless!\n'
 
-SHORT=0 BUILD=1 DISTS=() ARGS_TEXT='' DEB=''
+SHORT=0 FLEET_ONLY=0 BUILD=1 DISTS=() ARGS_TEXT='' DEB=''
 RES='' CHECKS='' DIST='' CT='' DIR=''
 LOAD_PID='' CUR='' STEP_PID='' WATCHDOG_PID='' SUMMARY_PRINTED=0
 
@@ -74,12 +80,14 @@ parse_args() {
 	while (($#)); do
 		case $1 in
 		--short) SHORT=1; shift ;;
+		--fleet-only) FLEET_ONLY=1; shift ;;
 		--no-build) BUILD=0; shift ;;
 		--dist) dist=${2:?}; shift 2 ;;
 		-h | --help) usage ;;
 		*) die "unknown argument: $1 (see --help)" ;;
 		esac
 	done
+	((SHORT + FLEET_ONLY < 2)) || die "--short and --fleet-only exclude each other"
 	[[ -n $dist ]] || { ((SHORT)) && dist=trixie || dist=all; }
 	case $dist in
 	bookworm | trixie) DISTS=("$dist") ;;
@@ -93,12 +101,15 @@ parse_args() {
 set_counts() {
 	if ((SHORT)); then
 		N_RESTART=3 N_RELOAD=3 N_UPGRADE=2 N_PKG=1 N_SIGHUP=100 N_KILL=0
-		STEADY_S=3 ANCHORS=0 PERF=0
+		STEADY_S=3 ANCHORS=0 PERF=0 FLEET=0
 	else
 		N_RESTART=20 N_RELOAD=20 N_UPGRADE=10 N_PKG=3 N_SIGHUP=1000 N_KILL=5
-		STEADY_S=5 ANCHORS=1 PERF=1
+		STEADY_S=5 ANCHORS=1 PERF=1 FLEET=1
 	fi
-	readonly N_RESTART N_RELOAD N_UPGRADE N_PKG N_SIGHUP N_KILL STEADY_S ANCHORS PERF
+	# Fleet: runs of each fleet test, rolling restarts per self-bound run.
+	FLEET_REPEAT=2 FLEET_RESTARTS=3
+	readonly N_RESTART N_RELOAD N_UPGRADE N_PKG N_SIGHUP N_KILL STEADY_S ANCHORS PERF FLEET
+	readonly FLEET_REPEAT FLEET_RESTARTS
 }
 
 # --- checks ------------------------------------------------------------------
@@ -701,6 +712,64 @@ run_dist() {
 	CT=''
 }
 
+# --- fleet ---------------------------------------------------------------------------
+
+# Copies a fleet script's output to stdout and its "ok"/"FAIL" lines, labelled
+# "fleet, LABEL", to the checks.
+fleet_checks() {
+	local label=$1 line
+	while IFS= read -r line; do
+		printf '%s\n' "$line"
+		case $line in
+		'ok - '* | 'FAIL - '*)
+			printf '%s - fleet, %s: %s\n' "${line%% - *}" "$label" "${line#* - }" >>"$CHECKS"
+			;;
+		esac
+	done
+}
+
+# fleet_run LABEL SCRIPT [ARG...]: one fleet script, its counts appended to
+# $RES/fleet/results.tsv; a script that ends without saying why fails too.
+fleet_run() {
+	local label=$1 rc=0
+	shift
+	"$@" --results "$RES/fleet/results.tsv" 2>&1 | fleet_checks "$label" || rc=$?
+	# 1: a check failed, and said so above.
+	((rc == 0 || rc == 1)) || DIST=fleet fail "$label: ${1#"$REPO"/} ended with status $rc"
+}
+
+# Three instances behind a balancer on the host (tests/fleet/). After the
+# containers of the distributions are gone: the fleet has its own, and ports
+# 18100-18109 on the host.
+run_fleet() {
+	local dir=$RES/fleet started=$SECONDS i balancer label
+	mkdir -p "$dir"
+	{
+		echo "command=bench/run.sh${ARGS_TEXT:+ $ARGS_TEXT}"
+		echo "started=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+		echo "restarts=$FLEET_RESTARTS"
+		echo "haproxy=$(haproxy -v | awk 'NR == 1 { print $3 }')"
+		echo "nginx=$(nginx -v 2>&1 | sed 's|^.*nginx/||')"
+	} >"$dir/run.txt"
+	for ((i = 1; i <= FLEET_REPEAT; i++)); do
+		for balancer in haproxy nginx; do
+			say "fleet: self-bound behind $balancer, run $i of $FLEET_REPEAT"
+			# run.sh's own lines start with "nginx, " behind nginx.
+			label=self-bound
+			[[ $balancer == nginx ]] || label+=", $balancer"
+			fleet_run "$label" "$REPO/tests/fleet/run.sh" --balancer "$balancer" \
+				--bin "$SEAMLESS" --loadgen "$LOADGEN" --restarts "$FLEET_RESTARTS"
+		done
+	done
+	for ((i = 1; i <= FLEET_REPEAT; i++)); do
+		say "fleet: ${DISTS[0]} machines behind haproxy, run $i of $FLEET_REPEAT"
+		fleet_run "${DISTS[0]} machines, haproxy" "$REPO/tests/fleet/systemd.sh" --deb "$DEB" \
+			--loadgen "$LOADGEN" --dist "${DISTS[0]}" --announce 1s
+	done
+	echo "elapsed_s=$((SECONDS - started))" >>"$dir/run.txt"
+	say "fleet: $((SECONDS - started))s"
+}
+
 # --- whole run -------------------------------------------------------------------
 
 build() {
@@ -790,6 +859,11 @@ main() {
 	for tool in python3 curl dpkg-deb flock; do
 		command -v "$tool" >/dev/null || die "$tool is required on the host"
 	done
+	if ((FLEET || FLEET_ONLY)); then
+		for tool in haproxy nginx systemd-nspawn; do
+			command -v "$tool" >/dev/null || die "$tool is required on the host for the fleet"
+		done
+	fi
 	local started=$SECONDS
 	build
 
@@ -804,6 +878,7 @@ main() {
 
 	local kind=full
 	((SHORT == 0)) || kind=short
+	((FLEET_ONLY == 0)) || kind=fleet
 	RES=$HERE/results/$kind
 	rm -rf "$RES"
 	mkdir -p "$RES"
@@ -812,7 +887,7 @@ main() {
 	trap cleanup EXIT
 	trap 'exit 130' INT
 	trap 'exit 143' TERM
-	start_watchdog "${BENCH_TIMEOUT:-$((SHORT ? 600 : 3600))}" "$lock"
+	start_watchdog "${BENCH_TIMEOUT:-$((SHORT ? 600 : FLEET_ONLY ? 1200 : 3600))}" "$lock"
 	{
 		echo "command=bench/run.sh${ARGS_TEXT:+ $ARGS_TEXT}"
 		echo "kind=$kind"
@@ -822,11 +897,25 @@ main() {
 		echo "git=$(git -C "$REPO" describe --always --dirty 2>/dev/null || echo unknown)"
 	} >"$RES/run.txt"
 
+	if ((FLEET_ONLY)); then
+		# tests/fleet/systemd.sh takes the run lock itself.
+		exec {lock}>&-
+		run_fleet
+		echo "elapsed_s=$((SECONDS - started - waited))" >>"$RES/run.txt"
+		python3 "$HERE/report.py" fleet "$RES/fleet" "$RES/FLEET.md"
+		say "report: ${RES#"$REPO"/}/FLEET.md ($((SECONDS - started - waited))s)"
+		summary
+		return
+	fi
 	make_upgrade_debs
 	local dist
 	for dist in "${DISTS[@]}"; do
 		run_dist "$dist"
 	done
+	if ((FLEET)); then
+		exec {lock}>&-
+		run_fleet
+	fi
 	DIST=host
 	if ((PERF)); then
 		say "start to READY=1 on the host (20 starts each)"

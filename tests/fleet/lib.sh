@@ -1,10 +1,11 @@
 # shellcheck shell=bash
 # What run.sh (self-bound instances) and systemd.sh (instances under their own
-# systemd) share: HAProxy in front of the fleet, and polling. Source this file;
-# it defines functions only. The HAProxy ones read FRONTEND and STATS
-# (addresses), HOSTS (one address per instance) and PORT, and CHECK_INTER,
-# CHECK_FALL and CHECK_RISE (the health check of /readyz, as README "Running
-# more than one" documents it).
+# systemd) share: the load balancer in front of the fleet (HAProxy, or nginx),
+# polling, and the results line. Source this file; it defines functions only.
+# The balancer ones read FRONTEND and STATS (addresses), HOSTS (one address per
+# instance) and PORT; HAProxy's also CHECK_INTER, CHECK_FALL and CHECK_RISE (the
+# health check of /readyz), nginx's NGINX_MAX_FAILS and NGINX_FAIL_TIMEOUT (its
+# passive failure handling), as README "Running more than one" documents them.
 
 # Polls COMMAND... every 50 ms until it succeeds, at most SECONDS.
 within() {
@@ -55,3 +56,66 @@ haproxy_status() {
 }
 
 haproxy_sees_up() { [[ $(haproxy_status "$1") == UP ]]; }
+
+# nginx's configuration, on stdout, for a prefix directory DIR (pid file and
+# temporary paths live there, so nginx needs nothing outside it). Open-source
+# nginx has no active health checks: it never asks /readyz. What it has is
+# passive: a connection refused or reset, a timeout, a 502 or 503 counts as a
+# failure of that server (max_fails within fail_timeout take it out for
+# fail_timeout), and the request goes to the next server if nothing was sent
+# yet or the method is idempotent (GET, HEAD, PUT, DELETE, ...; POST, PATCH
+# and LOCK only with `non_idempotent`, which this configuration leaves out).
+nginx_config() {
+	local dir=$1 host
+	cat <<-EOF
+		worker_processes 1;
+		pid $dir/nginx.pid;
+		error_log stderr notice;
+		events {
+		    worker_connections 1024;
+		}
+		http {
+		    access_log off;
+		    # Client connections end only when the client ends them, as with HAProxy.
+		    keepalive_requests 1000000;
+		    # Responses are small: nothing is ever written to a temporary file.
+		    proxy_max_temp_file_size 0;
+		    client_body_temp_path $dir/client_body;
+		    proxy_temp_path $dir/proxy;
+		    fastcgi_temp_path $dir/fastcgi;
+		    uwsgi_temp_path $dir/uwsgi;
+		    scgi_temp_path $dir/scgi;
+		    upstream fleet {
+	EOF
+	for host in "${HOSTS[@]}"; do
+		printf '        server %s:%s max_fails=%s fail_timeout=%s;\n' \
+			"$host" "$PORT" "$NGINX_MAX_FAILS" "$NGINX_FAIL_TIMEOUT"
+	done
+	cat <<-EOF
+		        keepalive 32;
+		        keepalive_requests 1000000;
+		    }
+		    server {
+		        listen $FRONTEND;
+		        location / {
+		            proxy_pass http://fleet;
+		            proxy_http_version 1.1;
+		            proxy_set_header Connection "";
+		            proxy_next_upstream error timeout http_502 http_503;
+		            proxy_connect_timeout 1s;
+		            proxy_send_timeout 10s;
+		            proxy_read_timeout 10s;
+		        }
+		    }
+		}
+	EOF
+}
+
+# One run's counts as a tab-separated line appended to FILE (nothing when FILE
+# is empty), for bench/report.py: setup, balancer, operation, clients,
+# announce, failed, total, ok, statuses, outcomes.
+results_line() {
+	local file=$1
+	shift
+	[[ -z $file ]] || { local IFS=$'\t'; printf '%s\n' "$*" >>"$file"; }
+}

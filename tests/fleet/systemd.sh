@@ -23,6 +23,7 @@
 # Usage:
 #   tests/fleet/systemd.sh --deb PATH [--loadgen PATH] [--dist bookworm|trixie]
 #                          [--announce DURATION] [--actions restart,upgrade]
+#                          [--results FILE]
 #
 #   --deb       the package under test (cargo deb → target/debian/*.deb)
 #   --loadgen   the load generator (default: target/release/loadgen;
@@ -30,6 +31,8 @@
 #   --dist      the cached root filesystem all three boot (default bookworm)
 #   --announce  shutdown.announce of the checked runs (default 1s)
 #   --actions   which rolling operations to run (default restart,upgrade)
+#   --results   append one tab-separated line per run to FILE (for
+#               bench/report.py; see results_line in lib.sh)
 #
 # Environment: FLEET_TIMEOUT (seconds, default 600) bounds the whole run.
 #
@@ -66,6 +69,7 @@ readonly SOCKET_DROPIN=/etc/systemd/system/$SOCKET.d/50-fleet.conf
 readonly CONFIG_DROPIN=/etc/$NAME/$NAME.d/50-fleet.toml
 
 DEB='' LOADGEN=$TARGET/release/loadgen DIST=bookworm ANNOUNCE=1s ACTIONS=restart,upgrade
+RESULTS=''
 CTS=() HAPROXY_PID='' LOAD_PID='' WATCHDOG_PID='' PASSED=0 FAILED=0 SUMMARY=0
 # Package versions handed out so far: every upgrade installs a higher one.
 UPGRADES=0 BASE_VERSION=''
@@ -246,6 +250,7 @@ report_run() {
 		return 0
 	fi
 	line+=": ${COUNTS[0]} failed of ${COUNTS[1]} (statuses ${COUNTS[3]}; outcomes ${COUNTS[4]})"
+	results_line "$RESULTS" "systemd $DIST" haproxy "$what" "$mode" "$announce" "${COUNTS[@]}"
 	if [[ $announce == 0s ]]; then
 		echo "info - $line (for comparison)"
 	elif ((COUNTS[0] == 0 && COUNTS[2] >= MIN_OK)); then
@@ -306,6 +311,7 @@ main() {
 		--dist) DIST=${2:?--dist needs bookworm or trixie}; shift 2 ;;
 		--announce) ANNOUNCE=${2:?--announce needs a duration}; shift 2 ;;
 		--actions) ACTIONS=${2:?--actions needs restart, upgrade or both}; shift 2 ;;
+		--results) RESULTS=$(realpath -m "${2:?--results needs a file}"); shift 2 ;;
 		-h | --help) usage ;;
 		*) die "unknown argument: $1 (see --help)" ;;
 		esac
