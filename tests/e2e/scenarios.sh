@@ -334,9 +334,12 @@ idle_clients() {
 	IDLE_PID=$!
 }
 
+# idle_clients_wait TAG: waits for the clients (not in a subshell: only this
+# shell can wait for its child) and sets IDLE_OUT to what they printed.
+IDLE_OUT=''
 idle_clients_wait() {
 	wait "$IDLE_PID" || true
-	cat "$LOG_DIR/idle-$1.log"
+	IDLE_OUT=$(cat "$LOG_DIR/idle-$1.log")
 }
 
 # Clients that think 0.2-2.5 s between requests and reuse their connection
@@ -381,12 +384,14 @@ scenario_keep_connections_faults() {
 	idle_clients gap --clients 20 --close 5 --hold 1.5
 	sleep 1
 	in_ct systemctl restart "$SERVICE"
-	out=$(idle_clients_wait gap)
+	idle_clients_wait gap
+	out=$IDLE_OUT
 	pid=$(unit_prop "$SERVICE" MainPID)
 	check "requests sent while no process ran are answered by the next one on the same connections ($out)" \
 		expect_eq "answered twice/failed/PIDs after" "15/0/[$pid]" \
 		"$(json_fields "$LOG_DIR/idle-gap.json" answered_twice failed pids_after | tr -d ' ')"
 	in_ct rm -f "$dropin"
+	in_ct rmdir "${dropin%/*}"
 	in_ct systemctl daemon-reload
 
 	# A start that fails before the new process runs: systemd restarts the
@@ -398,12 +403,14 @@ scenario_keep_connections_faults() {
 	sleep 1
 	in_ct systemctl restart "$SERVICE" >/dev/null 2>&1 || true
 	wait_until 10 unit_state_is "$SERVICE" active || true
-	out=$(idle_clients_wait fail)
+	idle_clients_wait fail
+	out=$IDLE_OUT
 	pid=$(unit_prop "$SERVICE" MainPID)
 	check "a failed start keeps the stored connections for the restart after it ($out)" \
 		expect_eq "answered twice/failed/PIDs after" "20/0/[$pid]" \
 		"$(json_fields "$LOG_DIR/idle-fail.json" answered_twice failed pids_after | tr -d ' ')"
 	in_ct rm -f "$dropin" /run/e2e-fail-once
+	in_ct rmdir "${dropin%/*}"
 	in_ct systemctl daemon-reload
 
 	# 100 restarts with 20 connections kept all along.
@@ -430,7 +437,8 @@ scenario_keep_connections_faults() {
 	idle_clients stop --clients 20 --hold 3
 	sleep 1
 	in_ct systemctl stop "$SERVICE"
-	out=$(idle_clients_wait stop)
+	idle_clients_wait stop
+	out=$IDLE_OUT
 	check "systemctl stop closes every kept connection ($out)" \
 		expect_eq "answered twice/failed" "0/20" \
 		"$(json_fields "$LOG_DIR/idle-stop.json" answered_twice failed)"

@@ -78,12 +78,19 @@ pub(crate) async fn serve(stream: Stream, peer: Peer, serving: Arc<Serving>, mut
     // then picks the generation current when it arrives.
     let settings = serving.live.load_full();
     let mut stream = stream;
+    // Outside the detecting future, so what it read survives the drain interrupting it.
+    let mut read = BytesMut::with_capacity(H2_PREFACE.len());
+    let header_read_timeout = settings.config.http.header_read_timeout;
     let protocol = tokio::select! {
-        detected = tokio::time::timeout(settings.config.http.header_read_timeout, detect(&mut stream)) => detected,
+        detected = tokio::time::timeout(header_read_timeout, detect(&mut stream, &mut read)) => detected,
         () = watch.started() => {
-            // Nothing read yet: the connection is at a request boundary, its first.
-            drain_unread(stream, &peer, &serving, &settings).await;
-            return;
+            if read.is_empty() {
+                // Nothing read yet: the connection is at a request boundary, its first.
+                drain_unread(stream, &peer, &serving, &settings).await;
+                return;
+            }
+            // A request has begun: finish telling its protocol, then serve it as usual.
+            tokio::time::timeout(header_read_timeout, detect(&mut stream, &mut read)).await
         }
     };
     let result = match protocol {
@@ -121,20 +128,20 @@ enum Protocol {
     Http2(Bytes),
 }
 
-/// Reads until the first bytes match the HTTP/2 preface or cannot.
-async fn detect(stream: &mut Stream) -> io::Result<Protocol> {
-    let mut read = BytesMut::with_capacity(H2_PREFACE.len());
+/// Reads into `read` until the first bytes match the HTTP/2 preface or cannot. Cancel-safe:
+/// every byte read is in `read`.
+async fn detect(stream: &mut Stream, read: &mut BytesMut) -> io::Result<Protocol> {
     loop {
-        // Read no further than the preface: the rest is hyper's to read.
-        let mut window = (&mut *stream).take((H2_PREFACE.len() - read.len()) as u64);
-        if window.read_buf(&mut read).await? == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        if !H2_PREFACE.starts_with(&read) {
-            return Ok(Protocol::Http1(read.freeze()));
+        if !H2_PREFACE.starts_with(read) {
+            return Ok(Protocol::Http1(read.split().freeze()));
         }
         if read.len() == H2_PREFACE.len() {
-            return Ok(Protocol::Http2(read.freeze()));
+            return Ok(Protocol::Http2(read.split().freeze()));
+        }
+        // Read no further than the preface: the rest is hyper's to read.
+        let mut window = (&mut *stream).take((H2_PREFACE.len() - read.len()) as u64);
+        if window.read_buf(read).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
         }
     }
 }
@@ -148,7 +155,10 @@ async fn drain_unread(stream: Stream, peer: &Peer, serving: &Arc<Serving>, setti
     }
     let mut stream = stream;
     let linger = settings.config.shutdown.linger;
-    if let Ok(Ok(Protocol::Http1(read))) = tokio::time::timeout(linger, detect(&mut stream)).await {
+    let mut read = BytesMut::new();
+    if let Ok(Ok(Protocol::Http1(read))) =
+        tokio::time::timeout(linger, detect(&mut stream, &mut read)).await
+    {
         let io = Prefixed::new(read, stream);
         let conn = http1(io, serving, settings, &Arc::new(Exchange::closing()), peer);
         let _ = close_gently(conn, settings).await;
@@ -201,6 +211,10 @@ async fn serve_http1(
     let exchange = Arc::new(Exchange::default());
     let mut conn = http1(io, serving, settings, &exchange, peer);
     tokio::select! {
+        // The connection first: bytes already read (protocol detection read the start of a
+        // request) must reach hyper before the drain decides, or the request would count as
+        // read ahead and the connection could not be kept.
+        biased;
         result = &mut conn => {
             exchange.ended(serving);
             return result;
