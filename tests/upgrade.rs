@@ -125,6 +125,17 @@ async fn upgrade_under_load(mode: Mode) {
         "the load really ran: {}",
         report.summary()
     );
+    if mode == Mode::KeepAlive {
+        // The old process handed its connections to the successor instead of closing them.
+        assert_eq!(report.connections_opened(), 32, "{}", report.summary());
+        let handed = "handed connections to the new process";
+        assert_eq!(
+            support::log_count(&old.stderr(), handed),
+            1,
+            "{}",
+            old.stderr()
+        );
+    }
 
     // Reload and stop reach the successor.
     systemd.write_config("message = \"after upgrade\\n\"\n");

@@ -295,6 +295,9 @@ scenario_restart_under_load() {
 	check "$SOCKET stayed active (no start limit hit)" \
 		expect_eq "socket ActiveState/Result" "active/success" \
 		"$(unit_prop "$SOCKET" ActiveState)/$(unit_prop "$SOCKET" Result)"
+	check "the 16 busy keep-alive clients kept their connections across the restarts" \
+		expect_eq "connections opened" 16 \
+		"$(json_fields "$LOG_DIR/load-restart-keepalive.json" connections_opened 2>&1)"
 }
 
 # --- restarts that close no connection (systemd's fd store) -----------------
@@ -480,6 +483,9 @@ scenario_upgrade_under_load() {
 		fail "upgrade under keep-alive + close load: 0 failed requests" \
 			"$totals"$'\n'"$(load_failure_summary)"
 	fi
+	check "the 16 busy keep-alive clients kept their connections across the package upgrade" \
+		expect_eq "connections opened" 16 \
+		"$(json_fields "$LOG_DIR/load-upgrade-keepalive.json" connections_opened 2>&1)"
 	check "$SOCKET was not restarted (activation timestamps unchanged)" \
 		expect_eq "ActiveEnter/InactiveExit" "$before_enter/$before_exit" \
 		"$(unit_prop "$SOCKET" ActiveEnterTimestampMonotonic)/$(unit_prop "$SOCKET" InactiveExitTimestampMonotonic)"
@@ -798,6 +804,9 @@ scenario_binary_upgrade_under_load() {
 		fail "3 x $NAME upgrade under keep-alive + close load: 0 failed requests" \
 			"$totals"$'\n'"$(load_failure_summary)"
 	fi
+	check "the 16 busy keep-alive clients kept their connections across the upgrades (handed to each new process)" \
+		expect_eq "connections opened" 16 \
+		"$(json_fields "$LOG_DIR/load-binary-upgrade-keepalive.json" connections_opened 2>&1)"
 	local pid
 	pid=$(unit_prop "$SERVICE" MainPID)
 	check "$NAME upgrade prints what happened ($(tail -n1 "$LOG_DIR/upgrade-3.out"))" \

@@ -68,8 +68,8 @@ pub(crate) struct Serving {
     pub(crate) live: Arc<ArcSwap<Generation>>,
     /// Metrics and the drain flags.
     pub(crate) shared: Arc<Shared>,
-    /// systemd's fd store, when connections may be kept in it.
-    pub(crate) store: Option<Arc<Store>>,
+    /// Where the drain keeps connections: systemd's fd store, or an upgrade's successor.
+    pub(crate) store: Arc<Store>,
 }
 
 /// Serves one connection until it ends, is kept or closed by the drain, or the process exits.
@@ -167,7 +167,7 @@ async fn drain_unread(stream: Stream, peer: &Peer, serving: &Arc<Serving>, setti
 
 /// A place in systemd's fd store for one connection, if the drain may keep connections.
 fn place_in_store(serving: &Serving) -> Option<Arc<Store>> {
-    let store = serving.store.as_ref()?;
+    let store = &serving.store;
     // The generation live now, not the one the connection started with: a reload may have
     // switched keeping off.
     let keep = serving.live.load().config.shutdown.keep_connections;
@@ -371,7 +371,7 @@ impl Exchange {
             }
         }
         match self.fate.load(Ordering::Acquire) {
-            KEEP => serving.store.clone(),
+            KEEP => Some(serving.store.clone()),
             _ => None,
         }
     }
@@ -379,9 +379,7 @@ impl Exchange {
     /// The connection ended on its own: a place a response took for it goes back.
     fn ended(&self, serving: &Serving) {
         if self.fate.load(Ordering::Acquire) == KEEP {
-            if let Some(store) = &serving.store {
-                store.release();
-            }
+            serving.store.release();
         }
     }
 

@@ -47,7 +47,7 @@ use tokio::task::JoinHandle;
 use crate::app::App;
 use crate::connection::{self, Peer, Serving, Stream};
 use crate::drain::{Drain, Watch};
-use crate::keep::{CONNECTION_NAME, Store};
+use crate::keep::{CONNECTION_NAME, Handover, Inbound, Store};
 use crate::listeners::{Listener, Named, Sockets, serves_http};
 use crate::notify::{self, Notifier};
 use crate::reload::{Outcome, Reloader};
@@ -202,8 +202,8 @@ pub async fn run<A: App>(
                 }
                 return service.drain(&mut requests).await;
             }
-            Event::UpgradeFinished(Ok(pid)) => {
-                return service.hand_over(pid, &mut requests).await;
+            Event::UpgradeFinished(Ok((pid, handover))) => {
+                return service.hand_over(pid, handover, &mut requests).await;
             }
             Event::UpgradeFinished(Err(error)) => service.upgrade_failed(&error),
         }
@@ -215,13 +215,13 @@ enum Event {
     /// A request from a signal (or the caller); `None` when the request stream ended.
     Requested(Option<Request>),
     /// The upgrade under way ended: the successor's PID, or why it did not take over.
-    UpgradeFinished(Result<i32, UpgradeError>),
+    UpgradeFinished(Result<(i32, Handover), UpgradeError>),
 }
 
 /// An upgrade under way.
 struct Upgrading {
     /// Starts the successor and waits until it serves.
-    task: JoinHandle<Result<i32, UpgradeError>>,
+    task: JoinHandle<Result<(i32, Handover), UpgradeError>>,
     /// When it was requested (`CLOCK_MONOTONIC` µs), matching the verdict to the request.
     started_usec: u64,
 }
@@ -248,8 +248,8 @@ struct Service<A: App> {
     upgrading: Option<Upgrading>,
     /// Whether `STOPPING=1` went out with an announce, so the drain does not send it again.
     announced: bool,
-    /// systemd's fd store, where the drain keeps connections for the next process.
-    store: Option<Arc<Store>>,
+    /// Where the drain keeps connections: systemd's fd store, or an upgrade's successor.
+    store: Arc<Store>,
 }
 
 impl<A: App> Service<A> {
@@ -260,7 +260,7 @@ impl<A: App> Service<A> {
         let notifier = Arc::new(Notifier::new());
         let shared = reloader.shared();
         let drain = Drain::new();
-        let store = Store::from_env().map(Arc::new);
+        let store = Arc::new(Store::from_env());
         let connections = Arc::new(Serving {
             live: reloader.live(),
             shared: shared.clone(),
@@ -312,7 +312,11 @@ impl<A: App> Service<A> {
         ));
         tracing::info!(generation, pid = std::process::id(), "ready");
         if let Some(parent) = upgrades.parent.take() {
-            parent.report_ready();
+            if let Some(inbound) = parent.report_ready() {
+                if let Some(watch) = drain.watch() {
+                    tokio::spawn(receive_handed(inbound, connections.clone(), watch));
+                }
+            }
             tracing::info!("took over from the previous process");
         }
         Service {
@@ -434,12 +438,16 @@ impl<A: App> Service<A> {
     }
 
     /// The successor `pid` serves: make it the unit's main process, then drain.
-    async fn hand_over(mut self, pid: i32, requests: &mut mpsc::Receiver<Request>) -> Stopped {
+    async fn hand_over(
+        mut self,
+        pid: i32,
+        handover: Handover,
+        requests: &mut mpsc::Receiver<Request>,
+    ) -> Stopped {
         let started_usec = self.upgrading.take().map_or(0, |u| u.started_usec);
-        // The successor runs already: what the store holds would reach only the next restart.
-        if let Some(store) = &self.store {
-            store.refuse();
-        }
+        // The successor runs already: what systemd's store holds would reach only the next
+        // restart, so connections go to the successor instead.
+        self.store.hand_to(handover);
         self.shared.set_draining();
         let open = self.shared.metrics.open_connections();
         // From here on the successor speaks for the unit: no STOPPING=1, no STATUS, no
@@ -563,7 +571,14 @@ impl<A: App> Service<A> {
     async fn finish_drain(mut self, requests: &mut mpsc::Receiver<Request>) -> Stopped {
         let deadline = self.reloader.live().load().config.shutdown.drain_timeout;
         let stopped = finish_drain(&mut self.drain, deadline, &self.shared, requests).await;
-        let kept = self.store.as_ref().map_or(0, |store| store.stored());
+        let handed = self.store.handed();
+        if handed > 0 {
+            tracing::info!(
+                connections = handed,
+                "handed connections to the new process"
+            );
+        }
+        let kept = self.store.stored();
         if kept > 0 {
             // systemd must have taken every stored connection before we exit: a message read
             // after the process is gone is dropped, with the connection in it.
@@ -659,6 +674,38 @@ async fn accept_loop(listener: Listener, serving: Arc<Serving>, mut watch: Watch
             continue;
         }
         spawn(stream, peer, serving.clone(), watch.clone());
+    }
+}
+
+/// In a successor: serves the connections the previous process hands over during its drain,
+/// until it has exited.
+async fn receive_handed(inbound: Inbound, serving: Arc<Serving>, watch: Watch) {
+    let mut handed = 0usize;
+    loop {
+        match inbound.next().await {
+            Ok(fds) if fds.is_empty() => break,
+            Ok(fds) => {
+                handed += fds.len();
+                for fd in fds {
+                    match Stream::adopt(fd) {
+                        Ok((stream, peer)) => spawn(stream, peer, serving.clone(), watch.clone()),
+                        Err(error) => {
+                            tracing::warn!(%error, "cannot serve a handed-over connection; closing it");
+                        }
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot receive connections from the previous process");
+                break;
+            }
+        }
+    }
+    if handed > 0 {
+        tracing::info!(
+            connections = handed,
+            "serving connections handed over by the previous process"
+        );
     }
 }
 

@@ -7,15 +7,17 @@
 //! 1. starts the file at its install path — the new binary a package just put there, not the
 //!    deleted inode it runs from — with the same arguments, passing every listening socket the
 //!    way systemd does (fds from 3, `LISTEN_FDS`, `LISTEN_FDNAMES`, `LISTEN_PID` = the child's
-//!    PID) plus one pipe, [`READY_FD`]. It forks twice: the successor must not be our child,
+//!    PID) plus one end of a socket pair, [`READY_FD`]. It forks twice: the successor must not be our child,
 //!    because systemd only supervises (waits for, drains on stop) a main process that is its
 //!    own child — one it merely adopted through `MAINPID=` it kills outright on stop. With the
 //!    middle process gone at once, the successor is re-parented to systemd before the handover;
-//! 2. the successor reports over the pipe, one line each: its PID (before `exec`), then `ready`
-//!    once it has sent `READY=1` — or `error …` with the reason it could not start;
+//! 2. the successor reports over the socket, one line each: its PID (before `exec`), then
+//!    `ready` once it has sent `READY=1` — or `error …` with the reason it could not start;
 //! 3. the old process tells systemd the successor is the main process now (`MAINPID=`, then
 //!    `BARRIER=1` so systemd has read it before the old process exits), stops accepting, runs
-//!    the same zero-drop drain as on `SIGTERM`, and exits 0.
+//!    the same zero-drop drain as on `SIGTERM` — except that the HTTP/1 connections it would
+//!    keep in systemd's fd store go to the successor over the same socket (see `keep`) — and
+//!    exits 0.
 //!
 //! If the successor cannot start, exits, or is not ready within `upgrade.ready_timeout`, it is
 //! killed and reaped, the reason is logged and reported, and the old process serves on.
@@ -33,6 +35,7 @@ use nix::sys::wait::waitpid;
 use nix::unistd::{ForkResult, Pid, fork};
 use tokio::io::AsyncBufReadExt;
 
+use crate::keep::{Handover, Inbound};
 use crate::listeners::{LISTEN_FDNAMES, LISTEN_FDS, LISTEN_FDS_START, LISTEN_PID};
 
 /// Names the fd on which a successor reports that it serves. The library's own protocol
@@ -115,18 +118,24 @@ impl Successor {
         &self.exe
     }
 
-    /// Starts the successor with `sockets` and waits until it serves; returns its PID.
+    /// Starts the successor with `sockets` and waits until it serves; returns its PID and the
+    /// channel to hand it connections.
     /// On failure the successor is gone (killed if need be).
     pub(crate) async fn start(
         &self,
         sockets: &[(String, OwnedFd)],
         ready_timeout: Duration,
-    ) -> Result<i32, UpgradeError> {
-        let (report_rx, report_tx) = std::io::pipe().map_err(|e| self.spawn_error(e))?;
-        self.spawn(sockets, OwnedFd::from(report_tx))?;
-        let receiver = tokio::net::unix::pipe::Receiver::from_owned_fd(report_rx.into())
+    ) -> Result<(i32, Handover), UpgradeError> {
+        // A socket pair rather than a pipe: after `ready`, the same channel carries the
+        // connections handed over during the drain.
+        let (ours, theirs) =
+            std::os::unix::net::UnixStream::pair().map_err(|e| self.spawn_error(e))?;
+        self.spawn(sockets, OwnedFd::from(theirs))?;
+        let ours = ours
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::UnixStream::from_std(ours))
             .map_err(|e| self.spawn_error(e))?;
-        let mut reports = tokio::io::BufReader::new(receiver);
+        let mut reports = tokio::io::BufReader::new(ours);
         let deadline = tokio::time::Instant::now() + ready_timeout;
 
         // The PID comes first, written by the successor itself just before `exec`.
@@ -148,7 +157,8 @@ impl Successor {
         // with it rather than serve on beside whatever starts next.
         let guard = KillOnDrop(Some(Pid::from_raw(pid)));
         let outcome = match next_report(&mut reports, deadline).await {
-            Some(Report::Ready) => Ok(pid),
+            // Nothing follows `ready` from the successor: the reader holds no buffered bytes.
+            Some(Report::Ready) => Ok((pid, Handover::new(reports.into_inner()))),
             Some(Report::ExecFailed(errno)) => Err(UpgradeError::Binary {
                 path: self.exe.clone(),
                 reason: io::Error::from_raw_os_error(errno).to_string(),
@@ -264,8 +274,8 @@ impl Successor {
             ForkResult::Parent { child } => {
                 // The middle process exits as soon as it has forked; reap it at once.
                 let _ = waitpid(child, None);
-                // Our copies of the sockets and of the pipe's write end close here: the
-                // successor holds the only writer, so its exit shows up as end-of-file.
+                // Our copies of the sockets and of the successor's end of the socket pair
+                // close here: its exit then shows up as end-of-file.
                 drop(sources);
                 drop(ready_tx);
                 tracing::info!(exe = %self.exe.display(), "started the new process");
@@ -306,7 +316,7 @@ impl Report {
 
 /// The next report, `None` at end-of-file (or an unreadable line).
 async fn next_report(
-    reports: &mut tokio::io::BufReader<tokio::net::unix::pipe::Receiver>,
+    reports: &mut tokio::io::BufReader<tokio::net::UnixStream>,
     deadline: tokio::time::Instant,
 ) -> Option<Report> {
     let mut line = String::new();
@@ -368,7 +378,7 @@ unsafe fn middle_child(
 ///
 /// Call only in a freshly forked child. `pid_value` must point at `PID_DIGITS` writable bytes;
 /// the pointer arrays must be NULL-terminated and point at NUL-terminated strings; the last of
-/// `sources` is the report pipe.
+/// `sources` is the report socket.
 #[allow(unsafe_code)]
 unsafe fn exec_successor(
     exe: &CString,
@@ -409,7 +419,7 @@ fn write_digits(out: &mut [u8; PID_DIGITS], mut value: u32) {
     }
 }
 
-/// `prefix`, `digits`, newline, in one `write(2)` (atomic on a pipe), without allocating.
+/// `prefix`, `digits`, newline, in one `write(2)`, without allocating.
 #[allow(unsafe_code)]
 fn write_line(fd: RawFd, prefix: &[u8], digits: &[u8; PID_DIGITS]) {
     let mut line = [0u8; 32];
@@ -443,7 +453,7 @@ pub(crate) fn install_path() -> PathBuf {
     }
 }
 
-/// In a successor: takes the pipe named by [`READY_FD`], if any, and unsets the variable.
+/// In a successor: takes the socket named by [`READY_FD`], if any, and unsets the variable.
 /// Call before any thread starts.
 pub(crate) fn take_parent() -> Option<Parent> {
     let value = std::env::var(READY_FD).ok();
@@ -453,26 +463,32 @@ pub(crate) fn take_parent() -> Option<Parent> {
         std::env::remove_var(READY_FD);
     }
     let fd: RawFd = value?.parse().ok()?;
-    // Only take an fd that is open and a pipe; anything else is not from our parent.
+    // Only take an fd that is open and a socket; anything else is not from our parent.
     let target = std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()?;
-    if !target.to_string_lossy().starts_with("pipe:") {
+    if !target.to_string_lossy().starts_with("socket:") {
         return None;
     }
     #[allow(unsafe_code)]
     // SAFETY: the fd is open (checked above), our parent passed it for this purpose alone, and
     // the variable naming it is unset, so it is taken only once.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    Some(Parent(std::fs::File::from(fd)))
+    // Kept until the parent has exited: no program we start may inherit it.
+    let _ = fcntl(&fd, FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+    Some(Parent(std::os::unix::net::UnixStream::from(fd)))
 }
 
-/// In a successor: the pipe to the process that started us.
+/// In a successor: the socket to the process that started us.
 #[derive(Debug)]
-pub(crate) struct Parent(std::fs::File);
+pub(crate) struct Parent(std::os::unix::net::UnixStream);
 
 impl Parent {
-    /// Tells the parent we serve. Errors mean the parent is gone; nothing to do then.
-    pub(crate) fn report_ready(mut self) {
-        let _ = std::io::Write::write_all(&mut self.0, b"ready\n");
+    /// Tells the parent we serve, and returns the socket on which it hands over its
+    /// connections next. `None` means the parent is gone; nothing to do then.
+    pub(crate) fn report_ready(mut self) -> Option<Inbound> {
+        std::io::Write::write_all(&mut self.0, b"ready\n").ok()?;
+        self.0.set_nonblocking(true).ok()?;
+        let stream = tokio::net::UnixStream::from_std(self.0).ok()?;
+        Some(Inbound::new(stream))
     }
 
     /// Tells the parent why we could not start (it reports this to `NAME upgrade`).
