@@ -418,6 +418,34 @@ scenario_keep_connections_faults() {
 
 	# 100 restarts with 20 connections kept all along.
 	local i problems=''
+	# A full store keeps what fits; the rest close as before (after shutdown.linger).
+	put_file "$dropin" "[Service]"$'\n'"FileDescriptorStoreMax=5"$'\n'"Environment=FDSTORE=5"$'\n'
+	in_ct systemctl daemon-reload
+	idle_clients full --clients 20 --hold 3
+	sleep 1
+	in_ct systemctl restart "$SERVICE"
+	idle_clients_wait full
+	pid=$(unit_prop "$SERVICE" MainPID)
+	check "a store for 5 keeps 5 connections; the other 15 are closed as without a store ($IDLE_OUT)" \
+		expect_eq "answered twice/failed/PIDs after" "5/15/[$pid]" \
+		"$(json_fields "$LOG_DIR/idle-full.json" answered_twice failed pids_after | tr -d ' ')"
+	in_ct rm -f "$dropin"
+	in_ct rmdir "${dropin%/*}"
+	in_ct systemctl daemon-reload
+	in_ct systemctl restart "$SERVICE"
+
+	# A reload stores nothing: the same process serves on, PID 1 holds nothing new.
+	idle_clients reload --clients 20 --hold 3
+	sleep 1
+	pid=$(unit_prop "$SERVICE" MainPID)
+	in_ct systemctl reload "$SERVICE"
+	check "a reload stores nothing in PID 1 (fds before/after: $fds_before/$(pid1_fds))" \
+		expect_at_most "PID 1 fds" "$((fds_before + FD_SLACK))" "$(pid1_fds)"
+	idle_clients_wait reload
+	check "connections stay with the same process across a reload ($IDLE_OUT)" \
+		expect_eq "answered twice/failed/PIDs after" "20/0/[$pid]" \
+		"$(json_fields "$LOG_DIR/idle-reload.json" answered_twice failed pids_after | tr -d ' ')"
+
 	# The starts above count against StartLimitBurst= (50 in 10 s) too.
 	in_ct systemctl reset-failed "$SERVICE"
 	idle_clients hundred --clients 20 --hold 120
@@ -453,21 +481,88 @@ scenario_keep_connections_faults() {
 	in_ct systemctl start "$SERVICE"
 }
 
-# A package upgrade restarts the service on the new binary but must not touch
-# the socket: restarting it would reset the connections in its queue.
+# --- package upgrades ---------------------------------------------------------
+
+# deb_variant OUT VERSION EDIT: $DEB_UPGRADE rebuilt on the host as VERSION at
+# OUT, after the function EDIT changed its unpacked tree (given as $1).
+deb_variant() {
+	local out=$1 version=$2 edit=$3 tmp rc=0
+	tmp=$(mktemp -d)
+	dpkg-deb --raw-extract "$DEB_UPGRADE" "$tmp/pkg"
+	sed -i "s/^Version: .*/Version: $version/" "$tmp/pkg/DEBIAN/control"
+	"$edit" "$tmp/pkg" || rc=$?
+	if ((rc == 0)); then
+		if [[ -f $tmp/pkg/DEBIAN/md5sums ]]; then
+			(cd "$tmp/pkg" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' |
+				sort -z | xargs -0 md5sum >DEBIAN/md5sums)
+		fi
+		dpkg-deb --root-owner-group --build "$tmp/pkg" "$out" >/dev/null || rc=$?
+	fi
+	rm -rf "$tmp"
+	return "$rc"
+}
+
+# The version the binary of the in-place upgrade reports: the installed one
+# with its last character changed, so it is as long.
+other_version() {
+	local v=$1
+	if [[ ${v: -1} == 9 ]]; then printf '%s8\n' "${v%?}"; else printf '%s9\n' "${v%?}"; fi
+}
+
+# EDIT for deb_variant: the binary reports $E2E_NEW_VERSION instead of
+# $E2E_OLD_VERSION, so GET /version tells the new binary from the old without
+# a second build. The version string is rewritten in place (as long, so
+# nothing moves); every copy of it must be the version (the check that
+# --version prints the new one catches a wrong guess).
+E2E_OLD_VERSION='' E2E_NEW_VERSION=''
+binary_reports_new_version() {
+	python3 - "$1/usr/bin/$NAME" "$E2E_OLD_VERSION" "$E2E_NEW_VERSION" <<'PY'
+import sys
+path, old, new = sys.argv[1], sys.argv[2].encode(), sys.argv[3].encode()
+data = open(path, "rb").read()
+if len(old) != len(new) or data.count(old) == 0:
+    sys.exit(f"cannot rewrite {old!r} as {new!r} in {path}")
+open(path, "wb").write(data.replace(old, new))
+PY
+}
+
+# EDIT for deb_variant: seamless.service gains a setting, so the package's
+# postinst must restart the service to apply it (and the process shows it).
+service_unit_changes() {
+	sed -i 's/^\[Service\]$/&\nEnvironment=E2E_UNIT_CHANGED=1/' "$1/usr/lib/systemd/system/$SERVICE"
+	grep -qx 'Environment=E2E_UNIT_CHANGED=1' "$1/usr/lib/systemd/system/$SERVICE"
+}
+
+# The line the maintainer scripts print about the path they took.
+path_line() {
+	grep -E "^$NAME: (upgraded|restarting|not restarting|the service)" <<<"$1" | head -n1 || true
+}
+
+# A package upgrade whose units are unchanged replaces the running process in
+# place (`seamless upgrade` from postinst): the same unit invocation, a new
+# main process running the new binary, no moment without a process. It must
+# not touch the socket: restarting it would reset the connections in its
+# queue. A package that changes a unit restarts the service instead.
 scenario_upgrade_under_load() {
-	local before_enter before_exit before_inode pid events=$LOG_DIR/events-upgrade.txt
+	local before_enter before_exit before_inode pid invocation events=$LOG_DIR/events-upgrade.txt
+	local out rc=0 totals want_version inplace=$LOG_DIR/$NAME-inplace.deb
+	want_version=$(dpkg-deb --field "$DEB_UPGRADE" Version)
+	E2E_OLD_VERSION=$(in_ct "$NAME" --version | awk '{ print $2 }')
+	E2E_NEW_VERSION=$(other_version "$E2E_OLD_VERSION")
+	deb_variant "$inplace" "$want_version" binary_reports_new_version
+	e2e_copy_in "$CT" "$inplace" "/root/$NAME-inplace.deb"
+
 	before_enter=$(unit_prop "$SOCKET" ActiveEnterTimestampMonotonic)
 	before_exit=$(unit_prop "$SOCKET" InactiveExitTimestampMonotonic)
 	before_inode=$(listen_inode)
 	pid=$(unit_prop "$SERVICE" MainPID)
+	invocation=$(unit_prop "$SERVICE" InvocationID)
 
-	local out rc=0 totals want_version
-	want_version=$(dpkg-deb --field "$DEB_UPGRADE" Version)
 	: >"$events"
 	load_start upgrade "$events"
 	printf '%s upgrade\n' "$(date +%s%N)" >>"$events"
-	out=$(in_ct dpkg -i "/root/$NAME-upgrade.deb" 2>&1) || rc=$?
+	out=$(in_ct dpkg -i "/root/$NAME-inplace.deb" 2>&1) || rc=$?
+	printf '%s\n' "$out" >"$LOG_DIR/dpkg-upgrade-inplace.out"
 	# Requests to the upgraded process count too.
 	sleep 1
 	local load_rc=0
@@ -496,9 +591,47 @@ scenario_upgrade_under_load() {
 		expect_eq "listening socket inode" "$before_inode" "$(listen_inode)"
 	local new_pid
 	new_pid=$(unit_prop "$SERVICE" MainPID)
-	check "the service was restarted by the upgrade" expect_ne "MainPID" "$pid" "$new_pid"
+	check "postinst upgraded in place (printed: $(path_line "$out"))" \
+		expect_match "dpkg -i output" "^$NAME: upgraded the running service in place \\(PID $pid -> $new_pid\\)\$" "$out"
+	check "same unit invocation across the package upgrade (InvocationID $invocation)" \
+		expect_eq "InvocationID" "$invocation" "$(unit_prop "$SERVICE" InvocationID)"
+	check "MainPID moved to the new binary ($pid -> $new_pid)" expect_ne "MainPID" "$pid" "$new_pid"
 	check "the running process is the new binary (not a deleted file)" \
 		expect_eq "exe" "/usr/bin/$NAME" "$(in_ct readlink "/proc/$new_pid/exe")"
+	check "GET /version: the new version ($E2E_NEW_VERSION, was $E2E_OLD_VERSION), from the new main process" \
+		expect_eq "GET /version" "$NAME $E2E_NEW_VERSION (pid $new_pid)" "$(http_get /version 2>&1)"
+	check "the old process $pid exits after its drain" wait_until 15 fails in_ct test -e "/proc/$pid"
+
+	upgrade_changing_the_unit
+}
+
+# The fallback: a package that changes seamless.service restarts the service,
+# since only a new invocation applies the unit.
+upgrade_changing_the_unit() {
+	local version changed=$LOG_DIR/$NAME-unit-changed.deb out rc=0 pid invocation inode new_pid
+	version=$(dpkg-deb --field "$DEB_UPGRADE" Version)+unit1
+	deb_variant "$changed" "$version" service_unit_changes
+	e2e_copy_in "$CT" "$changed" "/root/$NAME-unit-changed.deb"
+	pid=$(unit_prop "$SERVICE" MainPID)
+	invocation=$(unit_prop "$SERVICE" InvocationID)
+	inode=$(listen_inode)
+	out=$(in_ct dpkg -i "/root/$NAME-unit-changed.deb" 2>&1) || rc=$?
+	printf '%s\n' "$out" >"$LOG_DIR/dpkg-upgrade-unit-changed.out"
+	if ((rc == 0)); then
+		pass "dpkg -i upgrade to $version (changes $SERVICE)"
+	else
+		fail "dpkg -i upgrade to $version (changes $SERVICE)" "$out"
+	fi
+	check "postinst restarted the service instead (printed: $(path_line "$out"))" \
+		expect_match "dpkg -i output" "^$NAME: restarting the service: the package changed " "$out"
+	new_pid=$(unit_prop "$SERVICE" MainPID)
+	check "a new unit invocation (InvocationID was $invocation)" \
+		expect_ne "InvocationID" "$invocation" "$(unit_prop "$SERVICE" InvocationID)"
+	check "the restarted service runs with the changed unit (PID $pid -> $new_pid)" \
+		in_ct grep -qzx E2E_UNIT_CHANGED=1 "/proc/$new_pid/environ"
+	check "the service answers after the restart" succeeds http_get /version
+	check "the listening socket is still the same kernel object ($inode)" \
+		expect_eq "listening socket inode" "$inode" "$(listen_inode)"
 }
 
 # A crash (SIGKILL) is recovered by systemd; the socket keeps accepting.
@@ -669,8 +802,12 @@ scenario_rpm() {
 		expect_match "scripts" "preset $NAME\.socket" "$scripts"
 	check "rpm scriptlets: %preun disables and stops the units on removal" \
 		expect_match "scripts" "disable --now $NAME\.socket" "$scripts"
-	check "rpm scriptlets: %postun restarts only the service on upgrade" \
+	check "rpm scriptlets: %post upgrades the running service in place on upgrade" \
+		expect_match "scripts" "$NAME upgrade --pid" "$scripts"
+	check "rpm scriptlets: %post restarts only the service when it cannot" \
 		expect_match "scripts" "try-restart $NAME\.service" "$scripts"
+	check "rpm scriptlets: %pre records the units before an upgrade replaces them" \
+		expect_match "scripts" "sha256sum /usr/lib/systemd/system/$NAME\.service" "$scripts"
 	check "rpm scriptlets: the socket is never restarted" \
 		expect_no_match "scripts (comments left out)" "restart[^|;&]*$NAME\.socket" \
 		"$(grep -v '^[[:space:]]*#' <<<"$scripts")"
@@ -697,6 +834,28 @@ scenario_rpm() {
 	in_ct systemctl daemon-reload
 	check "the rpm's units start" succeeds in_ct systemctl start "$SOCKET"
 	check "the rpm-installed service answers" succeeds http_get /
+
+	# Reinstalling the same package runs the upgrade scriptlets (%pre and
+	# %post with 2, then the old package's %preun and %postun with 1) and
+	# replaces every file: with the units unchanged, %post upgrades in place.
+	local pid invocation new_pid
+	pid=$(unit_prop "$SERVICE" MainPID)
+	invocation=$(unit_prop "$SERVICE" InvocationID)
+	if out=$(in_ct rpm -U --replacepkgs --nodeps "/root/$NAME.rpm" 2>&1); then
+		pass "rpm -U --replacepkgs --nodeps $NAME.rpm (an upgrade)"
+	else
+		fail "rpm -U --replacepkgs --nodeps $NAME.rpm (an upgrade)" "$out"
+	fi
+	new_pid=$(unit_prop "$SERVICE" MainPID)
+	check "rpm upgrade: %post upgraded in place (printed: $(path_line "$out"))" \
+		expect_match "rpm -U output" "^$NAME: upgraded the running service in place \\(PID $pid -> $new_pid\\)\$" "$out"
+	check "rpm upgrade: same unit invocation ($invocation), MainPID moved ($pid -> $new_pid)" \
+		expect_eq "InvocationID/MainPID changed" "$invocation/yes" \
+		"$(unit_prop "$SERVICE" InvocationID)/$([[ $new_pid != "$pid" && $new_pid != 0 ]] && echo yes || echo no)"
+	check "rpm upgrade: GET /version answered by the new main process" \
+		expect_eq "GET /version pid" "$new_pid" "$(version_pid || true)"
+	check "rpm upgrade: the old process $pid exits after its drain" \
+		wait_until 15 fails in_ct test -e "/proc/$pid"
 
 	if out=$(in_ct rpm -e "$NAME" 2>&1); then
 		pass "rpm -e $NAME"
