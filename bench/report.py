@@ -893,12 +893,13 @@ def render(res, out_path):
     )
     add("")
 
-    add("## Headline")
-    add("")
-    add(f"Failed requests per disruption (lower is better; “per connection” divides by the {conns} concurrent connections):")
-    add("")
-    add(headline(data, conns))
-    add("")
+    if any(collect(data, server, scenario) for server, scenario in (("seamless", "restart"), ("seamless", "reload"), ("seamless", "upgrade"), ("naive", "restart"), ("nginx", "reload"))):
+        add("## Headline")
+        add("")
+        add(f"Failed requests per disruption (lower is better; “per connection” divides by the {conns} concurrent connections):")
+        add("")
+        add(headline(data, conns))
+        add("")
     tp_rows, ratios = throughput_rows(data)
     ready = data.get("ready")
     bullets = []
@@ -930,25 +931,29 @@ def render(res, out_path):
     if bullets:
         add("")
 
-    add("## Targets")
-    add("")
-    add(table(["target", "measured", ""], targets(data, conns)))
-    add("")
-    add(
-        "Timing targets are reported, not asserted (they depend on the machine); only failed requests "
-        "fail the run. An event window holds the requests started from 100 ms before an event to 1 s "
-        "after it. “Steady” is a run of the same load with no events, just before the scenarios; "
-        "the control run repeats what the driver does around each reload (rewrite the configuration "
-        "file, one `systemctl show`, one request) without reloading, and shows how much latency the "
-        "driver's own processes cost on these saturated CPUs. A maximum is compared with a p99 only "
-        "because the target says so: even the steady run's maximum is many times its p99."
-    )
-    add("")
+    target_rows = targets(data, conns)
+    if target_rows:
+        add("## Targets")
+        add("")
+        add(table(["target", "measured", ""], target_rows))
+        add("")
+    if target_rows:
+        add(
+            "Timing targets are reported, not asserted (they depend on the machine); only failed requests "
+            "fail the run. An event window holds the requests started from 100 ms before an event to 1 s "
+            "after it. “Steady” is a run of the same load with no events, just before the scenarios; "
+            "the control run repeats what the driver does around each reload (rewrite the configuration "
+            "file, one `systemctl show`, one request) without reloading, and shows how much latency the "
+            "driver's own processes cost on these saturated CPUs. A maximum is compared with a p99 only "
+            "because the target says so: even the steady run's maximum is many times its p99."
+        )
+        add("")
 
-    add("## seamless: restarts, reloads, upgrades")
-    add("")
-    add(zero_drop_section(data))
-    add("")
+    if any(collect(data, "seamless", scenario) for scenario, _ in ZERO_DROP):
+        add("## seamless: restarts, reloads, upgrades")
+        add("")
+        add(zero_drop_section(data))
+        add("")
     for note in sighup_note(data):
         add(f"- SIGHUP burst, {note}.")
     if sighup_note(data):

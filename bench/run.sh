@@ -12,6 +12,7 @@
 #
 # Usage:
 #   bench/run.sh [--short | --fleet-only] [--dist bookworm|trixie|all] [--no-build]
+#                [--only SCENARIO[,SCENARIO...]]
 #
 #   --short     CI mode: few events (restart x3, reload x3, upgrade x2,
 #               package upgrade x1, SIGHUP x100), one distribution (trixie
@@ -26,12 +27,16 @@
 #               every container shares the host network
 #   --no-build  use the binaries and .deb already in target/ instead of
 #               running `cargo build --release --workspace` + `cargo deb --no-build`
+#   --only      only these scenarios (names of the scenario_* functions
+#               without the prefix, e.g. restart), with the counts
+#               of a full run (or of --short); no fleet, no host start-up
+#               timing; the report goes to bench/results/only/
 #
 # Output: "ok - ..." / "FAIL - ..." per correctness check (0 failed requests
 # in each seamless restart/reload/upgrade/package-upgrade/SIGHUP scenario,
 # each mode), then "N passed, M failed"; the exit status is non-zero when a
 # check failed. Performance targets are reported in the Markdown report, not
-# asserted. Raw data: bench/results/{full,short,fleet}/ (git-ignored).
+# asserted. Raw data: bench/results/{full,short,fleet,only}/ (git-ignored).
 # Needs root (systemd-nspawn), python3, curl, and haproxy and nginx for the
 # fleet; reuses tests/e2e/ to build and boot the containers.
 set -euo pipefail
@@ -58,8 +63,8 @@ readonly MIN_OK=200
 readonly CONFIG=/etc/seamless/seamless.toml
 readonly DEFAULT_MESSAGE='Hello from seamless!\n'
 
-SHORT=0 FLEET_ONLY=0 BUILD=1 DISTS=() ARGS_TEXT='' DEB=''
-RES='' CHECKS='' DIST='' CT='' DIR=''
+SHORT=0 FLEET_ONLY=0 BUILD=1 DISTS=() ARGS_TEXT='' DEB='' ONLY=''
+RES='' CHECKS='' DIST='' CT='' DIR='' STEPS=()
 LOAD_PID='' CUR='' STEP_PID='' WATCHDOG_PID='' SUMMARY_PRINTED=0
 
 usage() {
@@ -83,11 +88,17 @@ parse_args() {
 		--fleet-only) FLEET_ONLY=1; shift ;;
 		--no-build) BUILD=0; shift ;;
 		--dist) dist=${2:?}; shift 2 ;;
+		--only) ONLY=${2:?}; shift 2 ;;
 		-h | --help) usage ;;
 		*) die "unknown argument: $1 (see --help)" ;;
 		esac
 	done
 	((SHORT + FLEET_ONLY < 2)) || die "--short and --fleet-only exclude each other"
+	[[ -z $ONLY ]] || ((FLEET_ONLY == 0)) || die "--only and --fleet-only exclude each other"
+	local name
+	for name in ${ONLY//,/ }; do
+		declare -F "scenario_$name" >/dev/null || die "--only: no scenario $name"
+	done
 	[[ -n $dist ]] || { ((SHORT)) && dist=trixie || dist=all; }
 	case $dist in
 	bookworm | trixie) DISTS=("$dist") ;;
@@ -106,6 +117,7 @@ set_counts() {
 		N_RESTART=20 N_RELOAD=20 N_UPGRADE=10 N_PKG=3 N_SIGHUP=1000 N_KILL=5
 		STEADY_S=5 ANCHORS=1 PERF=1 FLEET=1
 	fi
+	[[ -z $ONLY ]] || FLEET=0
 	# Fleet: runs of each fleet test, rolling restarts per self-bound run.
 	FLEET_REPEAT=2 FLEET_RESTARTS=3
 	readonly N_RESTART N_RELOAD N_UPGRADE N_PKG N_SIGHUP N_KILL STEADY_S ANCHORS PERF FLEET
@@ -628,7 +640,7 @@ setup_dist() {
 		fail "seamless answers after installation" "$(in_ct systemctl status --no-pager seamless.service 2>&1 | tail -n 20)"
 		return 1
 	fi
-	if ((ANCHORS || PERF)); then
+	if needs_naive; then
 		e2e_copy_in "$CT" "$NAIVE" /usr/local/bin/naive
 		in_ct chmod 755 /usr/local/bin/naive
 		e2e_copy_in "$CT" "$HERE/units/naive.socket" /etc/systemd/system/naive.socket
@@ -637,17 +649,46 @@ setup_dist() {
 		in_ct systemctl start naive.socket
 		curl --silent --fail --max-time 10 -o /dev/null "http://$NAIVE_ADDR/"
 	fi
-	if ((PERF)); then
+	if has_step scenario_startup || has_step scenario_throughput; then
 		e2e_copy_in "$CT" "$HERE/units/seamless-nosandbox.socket" /etc/systemd/system/seamless-nosandbox.socket
 		e2e_copy_in "$CT" "$HERE/units/seamless-nosandbox.service" /etc/systemd/system/seamless-nosandbox.service
 		in_ct systemctl daemon-reload
 		in_ct systemctl start seamless-nosandbox.socket
 		curl --silent --fail --max-time 10 -o /dev/null "http://$NOSANDBOX_ADDR/"
 	fi
-	if ((ANCHORS)); then
+	if has_step scenario_nginx_reload; then
 		install_nginx
 		curl --silent --fail --max-time 10 -o /dev/null "http://$NGINX_ADDR/"
 	fi
+}
+
+has_step() {
+	local step
+	for step in "${STEPS[@]}"; do
+		[[ $step != "$1" ]] || return 0
+	done
+	return 1
+}
+
+needs_naive() {
+	has_step scenario_naive_restart || has_step scenario_startup || has_step scenario_throughput
+}
+
+# The scenarios of this run, in order, into STEPS.
+plan_steps() {
+	if [[ -n $ONLY ]]; then
+		local name
+		STEPS=()
+		for name in ${ONLY//,/ }; do
+			STEPS+=("scenario_$name")
+		done
+		return
+	fi
+	STEPS=(scenario_steady scenario_control scenario_restart scenario_reload scenario_upgrade
+		scenario_pkg_upgrade scenario_sighup)
+	((N_KILL == 0)) || STEPS+=(scenario_kill)
+	((ANCHORS == 0)) || STEPS+=(scenario_naive_restart scenario_nginx_reload)
+	((PERF == 0)) || STEPS+=(scenario_startup scenario_throughput scenario_reload_latency)
 }
 
 # run_step FUNCTION: in a subshell with errexit, so that an unexpected error
@@ -695,13 +736,10 @@ run_dist() {
 	# shellcheck disable=SC2016 # expanded inside the container
 	in_ct sh -c '. /etc/os-release; echo "$PRETTY_NAME"' >"$DIR/os-release"
 	say "$DIST: $(cat "$DIR/os-release"), systemd $(cat "$DIR/systemd-version") booted"
+	plan_steps
 	if run_step setup_dist; then
-		local step steps=(scenario_steady scenario_control scenario_restart scenario_reload scenario_upgrade
-			scenario_pkg_upgrade scenario_sighup)
-		((N_KILL == 0)) || steps+=(scenario_kill)
-		((ANCHORS == 0)) || steps+=(scenario_naive_restart scenario_nginx_reload)
-		((PERF == 0)) || steps+=(scenario_startup scenario_throughput scenario_reload_latency)
-		for step in "${steps[@]}"; do
+		local step
+		for step in "${STEPS[@]}"; do
 			run_step "$step" || true
 		done
 	else
@@ -879,6 +917,7 @@ main() {
 	local kind=full
 	((SHORT == 0)) || kind=short
 	((FLEET_ONLY == 0)) || kind=fleet
+	[[ -z $ONLY ]] || kind=only
 	RES=$HERE/results/$kind
 	rm -rf "$RES"
 	mkdir -p "$RES"
@@ -887,7 +926,7 @@ main() {
 	trap cleanup EXIT
 	trap 'exit 130' INT
 	trap 'exit 143' TERM
-	start_watchdog "${BENCH_TIMEOUT:-$((SHORT ? 600 : FLEET_ONLY ? 1200 : 3600))}" "$lock"
+	start_watchdog "${BENCH_TIMEOUT:-$((SHORT ? 600 : FLEET_ONLY || ${#ONLY} ? 1200 : 3600))}" "$lock"
 	{
 		echo "command=bench/run.sh${ARGS_TEXT:+ $ARGS_TEXT}"
 		echo "kind=$kind"
@@ -917,7 +956,7 @@ main() {
 		run_fleet
 	fi
 	DIST=host
-	if ((PERF)); then
+	if ((PERF)) && [[ -z $ONLY ]]; then
 		say "start to READY=1 on the host (20 starts each)"
 		python3 "$HERE/ready_time.py" --runs 20 --json "$RES/ready-time.json" \
 			seamless="$SEAMLESS" naive="$NAIVE"
@@ -925,7 +964,7 @@ main() {
 	echo "elapsed_s=$((SECONDS - started - waited))" >>"$RES/run.txt"
 
 	local out=$REPO/BENCHMARKS.md
-	((SHORT == 0)) || out=$RES/BENCHMARKS.md
+	((SHORT == 0)) && [[ -z $ONLY ]] || out=$RES/BENCHMARKS.md
 	python3 "$HERE/report.py" render "$RES" "$out"
 	say "report: ${out#"$REPO"/}; raw data: ${RES#"$REPO"/}/ ($((SECONDS - started - waited))s)"
 	summary
