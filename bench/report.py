@@ -3,6 +3,7 @@
 
     report.py totals REPORT.json        "total ok failed" of one loadgen report
     report.py outcomes REPORT.json      its non-zero failure outcomes, one line
+    report.py fields REPORT.json KEY... those top-level values, space-separated
     report.py render RESULTS-DIR OUT.md the report
     report.py fleet FLEET-DIR OUT.md    the fleet section alone (bench/run.sh --fleet-only)
 """
@@ -719,6 +720,83 @@ def sighup_note(data):
     return notes
 
 
+# --- restarts that close no connection -------------------------------------------------
+
+# (server, scenario, row title) of bench/run.sh's scenario_keep_connections.
+KEEP_ROWS = (
+    ("seamless", "keep-thinking", "seamless, keep on (as packaged): {clients} thinking clients, {restarts} restarts"),
+    ("seamless", "keep-off-thinking", "seamless, keep off (`keep_connections = false`, before): {clients} thinking clients, {restarts} restarts"),
+    ("naive", "keep-thinking", "naive axum (`with_graceful_shutdown`): {clients} thinking clients, {restarts} restarts"),
+    ("seamless", "keep-busy", "seamless, keep on: {clients} busy clients, {restarts} restarts + {upgrades} binary upgrades"),
+)
+
+
+def keep_section(data):
+    """Markdown lines of "Restarts that close no connection", or [] without its runs."""
+    dists = [d for d in data["dists"] if any(("keep-" in k[1]) for k in data["dists"][d]["runs"])]
+    if not dists:
+        return []
+    rows = []
+    notes = []
+    failures = []
+    for server, scenario, title in KEEP_ROWS:
+        cells = []
+        counts = None
+        for dist in dists:
+            run = data["dists"][dist]["runs"].get((server, scenario, "keepalive"))
+            if not run or not run.ok:
+                cells += ["–", "–", "–"]
+                continue
+            clients = int(run.meta.get("clients") or run.report.get("connections", 0))
+            these = {
+                "clients": clients,
+                "restarts": run.meta.get("restarts", run.events),
+                "upgrades": run.meta.get("upgrades", 0),
+            }
+            if counts is None:
+                counts = these
+            elif counts != these:
+                these_text = ", ".join(f"{k} {v}" for k, v in these.items())
+                notes.append(f"{dist} ran {title.split(':')[0].format(**these)} with {these_text}")
+            failed = num(run["failed"]) if not run["failed"] else f"**{num(run['failed'])}**"
+            cells.append(f"{failed} / {num(run['total'])}")
+            cells.append(f"{num(run['connections_opened'])} (for {clients})")
+            cells.append(f"{run['max_connections_per_worker']} ({run['workers_reconnected']})")
+            if run["failed"]:
+                failures.append(f"{title.split(':')[0]}, {dist}: {failure_kinds(run.report)}")
+        if counts is not None:
+            rows.append([title.format(**counts)] + cells)
+    header = [""]
+    for dist in dists:
+        header += [f"{dist}: failed / total", "connections opened", "most per client (clients that reconnected)"]
+    md = ["## Restarts that close no connection", ""]
+    md.append(
+        "Keep-alive clients across `systemctl restart` (and binary upgrades), with every request counted "
+        "and nothing retried. *Thinking* clients pause 0.2–2.5 s between requests "
+        "(`loadgen --mode keepalive --think 200ms..2500ms`) and then reuse their connection without "
+        "checking whether the server closed it meanwhile, as simple clients do; *busy* clients send "
+        "their next request as soon as the response arrives (closed loop). seamless keeps each "
+        "connection in systemd's fd store between two requests and the next process serves it "
+        "(`shutdown.keep_connections`, default `true`); with `false` (set by a drop-in plus "
+        "`systemctl reload` for that run) idle connections are closed after `shutdown.linger` and "
+        "busy ones get `Connection: close`, as before; the naive anchor closes idle connections when "
+        "its graceful shutdown starts. “Connections opened” counts loadgen's successful connects over "
+        "the whole run: equal to the number of clients means no client ever reconnected; “most per "
+        "client” 1 means each client used one TCP connection, so one local port, from the first "
+        "request to the last."
+    )
+    md.append("")
+    md.append(table(header, rows))
+    md.append("")
+    for note in failures:
+        md.append(f"- failure kinds, {note}.")
+    for note in notes:
+        md.append(f"- counts differ: {note}.")
+    if failures or notes:
+        md.append("")
+    return md
+
+
 # --- fleet -----------------------------------------------------------------------------
 
 FLEET_SETUPS = {
@@ -971,6 +1049,8 @@ def render(res, out_path):
         add(at)
         add("")
 
+    md.extend(keep_section(data))
+
     ks = kill_section(data, conns)
     if ks:
         add("## seamless: `kill -9`")
@@ -1151,6 +1231,12 @@ def main(argv):
         if r is None:
             return 1
         print(r["total"], r["ok"], r["failed"])
+        return 0
+    if len(argv) >= 4 and argv[1] == "fields":
+        r = load_json(argv[2])
+        if r is None:
+            return 1
+        print(*(r[k] for k in argv[3:]))
         return 0
     if len(argv) == 3 and argv[1] == "outcomes":
         r = load_json(argv[2])

@@ -5,10 +5,12 @@
 # reloaded, upgraded and killed under strict load (loadgen: every request
 # counted, nothing retried). Anchors measured in the same run: the textbook
 # axum graceful shutdown under the same socket unit (bench/naive) and nginx's
-# own reload. Also throughput against bare axum, start-up time to READY=1,
-# memory and `systemctl reload` latency. Then the fleet tests (tests/fleet/):
-# three instances behind HAProxy and behind nginx on the host, rolling restarts
-# and package upgrades under the same strict load.
+# own reload. Keep-alive clients, thinking and busy, across restarts and
+# upgrades with shutdown.keep_connections on and off. Also throughput against
+# bare axum, start-up time to READY=1, memory and `systemctl reload` latency.
+# Then the fleet tests (tests/fleet/): three instances behind HAProxy and
+# behind nginx on the host, rolling restarts and package upgrades under the
+# same strict load.
 #
 # Usage:
 #   bench/run.sh [--short | --fleet-only] [--dist bookworm|trixie|all] [--no-build]
@@ -34,9 +36,11 @@
 #
 # Output: "ok - ..." / "FAIL - ..." per correctness check (0 failed requests
 # in each seamless restart/reload/upgrade/package-upgrade/SIGHUP scenario,
-# each mode), then "N passed, M failed"; the exit status is non-zero when a
-# check failed. Performance targets are reported in the Markdown report, not
-# asserted. Raw data: bench/results/{full,short,fleet,only}/ (git-ignored).
+# each mode; one connection per client across restarts with
+# shutdown.keep_connections on), then "N passed, M failed"; the exit status
+# is non-zero when a check failed. Performance targets are reported in the
+# Markdown report, not asserted. Raw data: bench/results/{full,short,fleet,only}/
+# (git-ignored).
 # Needs root (systemd-nspawn), python3, curl, and haproxy and nginx for the
 # fleet; reuses tests/e2e/ to build and boot the containers.
 set -euo pipefail
@@ -118,9 +122,13 @@ set_counts() {
 		STEADY_S=5 ANCHORS=1 PERF=1 FLEET=1
 	fi
 	[[ -z $ONLY ]] || FLEET=0
+	# Thinking clients of scenario_keep_connections (a short run keeps them:
+	# they check the restarts that close no connection).
+	KEEP_CLIENTS=200 KEEP_THINK=200ms..2500ms
 	# Fleet: runs of each fleet test, rolling restarts per self-bound run.
 	FLEET_REPEAT=2 FLEET_RESTARTS=3
 	readonly N_RESTART N_RELOAD N_UPGRADE N_PKG N_SIGHUP N_KILL STEADY_S ANCHORS PERF FLEET
+	readonly KEEP_CLIENTS KEEP_THINK
 	readonly FLEET_REPEAT FLEET_RESTARTS
 }
 
@@ -164,17 +172,19 @@ port_in_use() {
 
 # --- load --------------------------------------------------------------------
 
-# load_begin NAME MODE ADDR [WINDOW_AFTER]: loadgen in the background, its
-# files under $DIR/NAME-MODE.*; the events file collects "NANOS LABEL" lines.
+# load_begin NAME MODE ADDR [WINDOW_AFTER [CONNECTIONS [LOADGEN-ARG...]]]:
+# loadgen in the background, its files under $DIR/NAME-MODE.*; the events
+# file collects "NANOS LABEL" lines.
 load_begin() {
-	local name=$1 mode=$2 addr=$3 after=${4:-1s}
+	local name=$1 mode=$2 addr=$3 after=${4:-1s} conns=${5:-$CONNECTIONS}
+	shift $(($# < 5 ? $# : 5))
 	CUR=$DIR/$name-$mode
 	: >"$CUR.events"
 	: >"$CUR.meta"
 	rm -f "$CUR.json"
-	"$LOADGEN" --addr "$addr" --connections "$CONNECTIONS" --mode "$mode" \
+	"$LOADGEN" --addr "$addr" --connections "$conns" --mode "$mode" \
 		--events "$CUR.events" --json "$CUR.json" --window-after "$after" \
-		--capture-header x-config-generation --quiet >"$CUR.log" 2>&1 &
+		--capture-header x-config-generation --quiet "$@" >"$CUR.log" 2>&1 &
 	LOAD_PID=$!
 	# Every connection established and past its first requests.
 	sleep 1
@@ -282,20 +292,32 @@ restart_unit() {
 # restarts_under_load TAG UNIT ADDR MODE: N_RESTART restarts of UNIT under MODE
 # load on ADDR; sets PROBLEMS to what went wrong with the restarts themselves.
 restarts_under_load() {
-	local tag=$1 unit=$2 addr=$3 mode=$4 i out
+	local tag=$1 unit=$2 addr=$3 mode=$4
 	load_begin "$tag" "$mode" "$addr"
 	PROBLEMS=''
-	for ((i = 1; i <= N_RESTART; i++)); do
-		mark "restart-$i"
-		if out=$(restart_unit "$unit"); then
-			meta sample "$out"
-		else
-			PROBLEMS+="restart $i: $out; "
-		fi
-		sleep 0.5
-	done
+	restart_loop "$unit" "$N_RESTART"
 	load_end
 	meta events "$N_RESTART"
+}
+
+# restart_loop UNIT COUNT: COUNT restarts of UNIT, 0.5 s apart, marked in the
+# current load's events; what went wrong is appended to PROBLEMS.
+restart_loop() {
+	local unit=$1 count=$2 i
+	for ((i = 1; i <= count; i++)); do
+		restart_once "$unit" "$i"
+		sleep 0.5
+	done
+}
+
+restart_once() { # UNIT N
+	local out
+	mark "restart-$2"
+	if out=$(restart_unit "$1"); then
+		meta sample "$out"
+	else
+		PROBLEMS+="restart $2: $out; "
+	fi
 }
 
 scenario_restart() {
@@ -327,37 +349,44 @@ scenario_reload() {
 	done
 }
 
+# upgrade_once N: one binary upgrade, marked in the current load's events;
+# what went wrong is appended to PROBLEMS.
+upgrade_once() {
+	local out
+	in_ct sh -c 'cp /usr/bin/seamless /usr/bin/.seamless.new && mv -f /usr/bin/.seamless.new /usr/bin/seamless'
+	mark "upgrade-$1"
+	# shellcheck disable=SC2016
+	if out=$(in_ct_bash '
+		pid=$(systemctl show -p MainPID --value seamless.service)
+		t0=$EPOCHREALTIME
+		said=$(seamless upgrade --pid "$pid" --verdict-file /run/seamless/upgrade-verdict 2>&1) ||
+			{ echo "$said"; exit 1; }
+		t1=$EPOCHREALTIME
+		new=$(systemctl show -p MainPID --value seamless.service)
+		[ "$new" != "$pid" ] && [ "$new" != 0 ] || { echo "MainPID still $pid"; exit 1; }
+		[ "$(readlink /proc/$new/exe)" = /usr/bin/seamless ] || { echo "PID $new runs $(readlink /proc/$new/exe)"; exit 1; }
+		echo "upgrade_us=$(( ${t1/./} - ${t0/./} ))"
+	' 2>&1); then
+		meta sample "$out"
+	else
+		PROBLEMS+="upgrade $1: $out; "
+	fi
+}
+
 # Binary upgrade: a new file renamed over /usr/bin/seamless, then the running
 # process starts it with the listening socket and drains once it serves.
 scenario_upgrade() {
-	local mode i out problems
+	local mode i
 	for mode in "${MODES[@]}"; do
 		load_begin seamless-upgrade "$mode" "$SEAMLESS_ADDR"
-		problems=''
+		PROBLEMS=''
 		for ((i = 1; i <= N_UPGRADE; i++)); do
-			in_ct sh -c 'cp /usr/bin/seamless /usr/bin/.seamless.new && mv -f /usr/bin/.seamless.new /usr/bin/seamless'
-			mark "upgrade-$i"
-			# shellcheck disable=SC2016
-			if out=$(in_ct_bash '
-				pid=$(systemctl show -p MainPID --value seamless.service)
-				t0=$EPOCHREALTIME
-				said=$(seamless upgrade --pid "$pid" --verdict-file /run/seamless/upgrade-verdict 2>&1) ||
-					{ echo "$said"; exit 1; }
-				t1=$EPOCHREALTIME
-				new=$(systemctl show -p MainPID --value seamless.service)
-				[ "$new" != "$pid" ] && [ "$new" != 0 ] || { echo "MainPID still $pid"; exit 1; }
-				[ "$(readlink /proc/$new/exe)" = /usr/bin/seamless ] || { echo "PID $new runs $(readlink /proc/$new/exe)"; exit 1; }
-				echo "upgrade_us=$(( ${t1/./} - ${t0/./} ))"
-			' 2>&1); then
-				meta sample "$out"
-			else
-				problems+="upgrade $i: $out; "
-			fi
+			upgrade_once "$i"
 			sleep 0.5
 		done
 		load_end
 		meta events "$N_UPGRADE"
-		check_run "seamless: binary upgrade (seamless upgrade) x$N_UPGRADE under $mode load" "$problems"
+		check_run "seamless: binary upgrade (seamless upgrade) x$N_UPGRADE under $mode load" "$PROBLEMS"
 	done
 	local state
 	state=$(prop seamless.service ActiveState)
@@ -483,6 +512,107 @@ scenario_nginx_reload() {
 		[[ -z $problems ]] || say "nginx: $problems"
 		meta problems "${problems:-none}"
 	done
+}
+
+# --- restarts that close no connection -------------------------------------------
+
+readonly KEEP_OFF_DROPIN=/etc/seamless/seamless.d/50-bench-keep-off.toml
+
+# keep_run NAME UNIT ADDR CLIENTS [LOADGEN-ARG...]: keep-alive load from
+# CLIENTS workers across N_RESTART restarts of UNIT; sets PROBLEMS.
+keep_run() {
+	local name=$1 unit=$2 addr=$3 clients=$4
+	shift 4
+	load_begin "$name" keepalive "$addr" 1s "$clients" "$@"
+	# Every client has its connection and has used it before the first restart.
+	sleep 2
+	PROBLEMS=''
+	restart_loop "$unit" "$N_RESTART"
+	# Long enough for every client to send once more after the last restart
+	# (think time at most 2.5 s), on the connection it then holds.
+	load_end 3
+	meta events "$N_RESTART"
+	meta clients "$clients"
+}
+
+# "failed total connections_opened max_connections_per_worker" of the load
+# just ended.
+keep_counts() {
+	[[ -s $CUR.json ]] || return 1
+	python3 "$HERE/report.py" fields "$CUR.json" failed total connections_opened max_connections_per_worker
+}
+
+# check_keep DESCRIPTION CLIENTS: 0 failed, enough successful requests, and
+# exactly one connection per client over the whole run.
+check_keep() {
+	local desc=$1 clients=$2 counts failed total opened most totals ok
+	if ! counts=$(keep_counts) || ! totals=$(load_totals); then
+		fail "$desc" "no loadgen report ($(tail -n 3 "$CUR.log" 2>/dev/null))"
+		return 0
+	fi
+	read -r failed total opened most <<<"$counts"
+	read -r _ ok _ <<<"$totals"
+	if ((failed == 0 && opened == clients && ok >= MIN_OK)) && [[ -z $PROBLEMS ]]; then
+		pass "$desc: 0 of $total requests failed, $opened connections for $clients clients (at most $most per client)"
+	else
+		local why=()
+		((failed == 0)) || why+=("$failed of $total requests failed: $(python3 "$HERE/report.py" outcomes "$CUR.json")")
+		((opened == clients)) || why+=("$opened connections opened for $clients clients (at most $most per client)")
+		((ok >= MIN_OK)) || why+=("only $ok requests succeeded (want >= $MIN_OK)")
+		[[ -z $PROBLEMS ]] || why+=("$PROBLEMS")
+		fail "$desc" "${why[@]}"
+	fi
+}
+
+# note_keep LABEL: the counts of a comparison run, printed, not checked.
+note_keep() {
+	local counts failed total opened most
+	counts=$(keep_counts) || { say "$DIST: $1: no loadgen report"; return 0; }
+	read -r failed total opened most <<<"$counts"
+	say "$DIST: $1: $failed of $total requests failed, $opened connections (at most $most per client)${PROBLEMS:+; $PROBLEMS}"
+	meta problems "${PROBLEMS:-none}"
+}
+
+# Restarts that close no connection. Clients that think 0.2-2.5 s between
+# requests and reuse their connection without checking it (as simple clients
+# do) across restarts of seamless as packaged, of seamless with
+# shutdown.keep_connections = false (idle connections closed after linger,
+# the behaviour before the fd store) and of the naive anchor; then busy
+# clients (closed loop) across restarts and binary upgrades, alternating.
+scenario_keep_connections() {
+	local think=(--think "$KEEP_THINK")
+	keep_run seamless-keep-thinking seamless.service "$SEAMLESS_ADDR" "$KEEP_CLIENTS" "${think[@]}"
+	check_keep "seamless: $KEEP_CLIENTS thinking keep-alive clients across $N_RESTART restarts" "$KEEP_CLIENTS"
+	if ((ANCHORS)); then
+		put_file "$KEEP_OFF_DROPIN" "[shutdown]"$'\n'"keep_connections = false"$'\n'
+		in_ct systemctl reload seamless.service
+		keep_run seamless-keep-off-thinking seamless.service "$SEAMLESS_ADDR" "$KEEP_CLIENTS" "${think[@]}"
+		in_ct rm -f "$KEEP_OFF_DROPIN"
+		in_ct systemctl reload seamless.service
+		note_keep "seamless, keep_connections = false, $KEEP_CLIENTS thinking clients, $N_RESTART restarts"
+		keep_run naive-keep-thinking naive.service "$NAIVE_ADDR" "$KEEP_CLIENTS" "${think[@]}"
+		note_keep "naive, $KEEP_CLIENTS thinking clients, $N_RESTART restarts"
+	fi
+
+	local i last=$((N_RESTART > N_UPGRADE ? N_RESTART : N_UPGRADE))
+	load_begin seamless-keep-busy keepalive "$SEAMLESS_ADDR"
+	PROBLEMS=''
+	for ((i = 1; i <= last; i++)); do
+		if ((i <= N_RESTART)); then
+			restart_once seamless.service "$i"
+			sleep 0.5
+		fi
+		if ((i <= N_UPGRADE)); then
+			upgrade_once "$i"
+			sleep 0.5
+		fi
+	done
+	load_end
+	meta events "$((N_RESTART + N_UPGRADE))"
+	meta restarts "$N_RESTART"
+	meta upgrades "$N_UPGRADE"
+	meta clients "$CONNECTIONS"
+	check_keep "seamless: $CONNECTIONS busy keep-alive clients across $N_RESTART restarts and $N_UPGRADE binary upgrades" "$CONNECTIONS"
 }
 
 # nginx from the distribution's archive, installed into the container's
@@ -671,7 +801,8 @@ has_step() {
 }
 
 needs_naive() {
-	has_step scenario_naive_restart || has_step scenario_startup || has_step scenario_throughput
+	has_step scenario_naive_restart || has_step scenario_startup || has_step scenario_throughput ||
+		{ ((ANCHORS)) && has_step scenario_keep_connections; }
 }
 
 # The scenarios of this run, in order, into STEPS.
@@ -688,6 +819,7 @@ plan_steps() {
 		scenario_pkg_upgrade scenario_sighup)
 	((N_KILL == 0)) || STEPS+=(scenario_kill)
 	((ANCHORS == 0)) || STEPS+=(scenario_naive_restart scenario_nginx_reload)
+	STEPS+=(scenario_keep_connections)
 	((PERF == 0)) || STEPS+=(scenario_startup scenario_throughput scenario_reload_latency)
 }
 
