@@ -36,12 +36,12 @@ use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::Notify;
-use tower::ServiceExt;
 
 use crate::drain::Watch;
 use crate::generation::Generation;
 use crate::keep::Store;
 use crate::routes::{self, Shared};
+use crate::timer::ConnectionTimer;
 
 /// The first bytes of every HTTP/2 connection with prior knowledge (RFC 9113, 3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -316,7 +316,10 @@ fn http1(
         exchange: exchange.clone(),
         peer: peer.clone(),
     };
-    settings.http1.serve_connection(TokioIo::new(io), handler)
+    // Each connection gets its own timer for hyper's header-read timeout (see `timer`).
+    let mut builder = settings.http1.clone();
+    builder.timer(ConnectionTimer::default());
+    builder.serve_connection(TokioIo::new(io), handler)
 }
 
 /// A connection's requests as the drain sees them: how many are in progress, whether the
@@ -480,15 +483,14 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Handler {
                 self.peer.clone(),
             )
         });
-        let exchange = self.exchange.clone();
         Box::pin(async move {
+            let exchange = &in_flight.0;
             let shared = &serving.shared;
             let mut response = match routes::builtin(&request, shared) {
                 Some(response) => response,
                 None => {
-                    let request = request.map(|body| Tracked::body(body, &exchange));
-                    let Ok(response) = current.router.clone().oneshot(request).await;
-                    response
+                    let request = request.map(|body| Tracked::body(body, exchange));
+                    current.route(request).await
                 }
             };
             let close = version <= Version::HTTP_11 && exchange.closes(&serving);

@@ -45,6 +45,7 @@
 //! | `connection` | one connection: HTTP/1 or HTTP/2, serving it, keeping or closing it in the drain |
 //! | `keep` | keeping idle connections across a restart in systemd's fd store |
 //! | `generation` | one configuration generation, swapped as a whole |
+//! | `timer` | hyper's header-read timer, one tokio timer per connection |
 //! | [`routes`] | built-in routes and what is done to every response |
 //! | `drain` | coordination: telling tasks the drain began, knowing when all have ended |
 //! | [`reload`] | swapping in a new configuration; `NAME reload` |
@@ -70,6 +71,7 @@ pub mod reload;
 pub mod routes;
 pub mod server;
 pub mod signals;
+mod timer;
 mod upgrade;
 mod verdict;
 
