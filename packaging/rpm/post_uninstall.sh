@@ -1,14 +1,10 @@
-# %postun, as %systemd_postun_with_restart seamless.service expands. RPM runs
-# the old package's %postun, after the new files are in place.
-# Only the service is restarted, never seamless.socket: restarting the socket
-# closes it and resets the connections waiting in its queue.
-# The daemon-reload makes the restart use the new unit file on systems whose
-# systemd package reloads only at the end of the transaction.
+# %postun. $1 is the number of installed instances left: 0 on final removal,
+# 1 or more when this is the old package of an upgrade; RPM runs it after the
+# new package's %post, which has already moved the service to the new binary
+# (in place or by a restart), so nothing is restarted here.
+# The daemon-reload lets systemd see the files this package no longer has.
 if command -v systemctl >/dev/null 2>&1; then
     systemctl daemon-reload >/dev/null 2>&1 || :
-    if [ "$1" -ge 1 ]; then
-        systemctl try-restart seamless.service >/dev/null 2>&1 || :
-    fi
 fi
 # The package owns the files in /etc/seamless and /etc/seamless/seamless.d but
 # not the directories themselves (cargo-generate-rpm 0.21 cannot package a
