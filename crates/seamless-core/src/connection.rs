@@ -73,11 +73,10 @@ pub(crate) struct Serving {
 }
 
 /// Serves one connection until it ends, is kept or closed by the drain, or the process exits.
-pub(crate) async fn serve(stream: Stream, peer: Peer, serving: Arc<Serving>, mut watch: Watch) {
+pub(crate) async fn serve(mut stream: Stream, peer: Peer, serving: Arc<Serving>, mut watch: Watch) {
     // Connection settings come from the generation current at accept time; each request
     // then picks the generation current when it arrives.
     let settings = serving.live.load_full();
-    let mut stream = stream;
     // Outside the detecting future, so what it read survives the drain interrupting it.
     let mut read = BytesMut::with_capacity(H2_PREFACE.len());
     let header_read_timeout = settings.config.http.header_read_timeout;
@@ -148,12 +147,16 @@ async fn detect(stream: &mut Stream, read: &mut BytesMut) -> io::Result<Protocol
 
 /// A connection the drain found before its first byte: kept if it can be, else given
 /// `shutdown.linger` to start a request, which is answered with `Connection: close`.
-async fn drain_unread(stream: Stream, peer: &Peer, serving: &Arc<Serving>, settings: &Generation) {
+async fn drain_unread(
+    mut stream: Stream,
+    peer: &Peer,
+    serving: &Arc<Serving>,
+    settings: &Generation,
+) {
     if let Some(store) = place_in_store(serving) {
         keep_or_close(stream, Bytes::new(), store, peer, serving, settings).await;
         return;
     }
-    let mut stream = stream;
     let linger = settings.config.shutdown.linger;
     let mut read = BytesMut::new();
     if let Ok(Ok(Protocol::Http1(read))) =
