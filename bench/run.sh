@@ -47,6 +47,8 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
+# Where cargo builds (CI shares one target directory between runs).
+TARGET=${CARGO_TARGET_DIR:-$REPO/target}
 # shellcheck source=../tests/e2e/lib.sh
 source "$REPO/tests/e2e/lib.sh"
 
@@ -951,14 +953,14 @@ build() {
 		DEB=$(cd "$REPO" && cargo deb --no-build --quiet | tail -n1)
 	else
 		local f
-		for f in "$REPO"/target/debian/seamless_*.deb; do
+		for f in "$TARGET"/debian/seamless_*.deb; do
 			[[ -f $f && ( -z $DEB || $f -nt $DEB ) ]] && DEB=$f
 		done
 	fi
 	[[ -n $DEB && -f $DEB ]] || die "no package in target/debian (run without --no-build)"
-	LOADGEN=$REPO/target/release/loadgen
-	NAIVE=$REPO/target/release/naive
-	SEAMLESS=$REPO/target/release/seamless
+	LOADGEN=$TARGET/release/loadgen
+	NAIVE=$TARGET/release/naive
+	SEAMLESS=$TARGET/release/seamless
 	local f
 	for f in "$LOADGEN" "$NAIVE" "$SEAMLESS"; do
 		[[ -x $f ]] || die "missing $f (run without --no-build)"

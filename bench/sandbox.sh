@@ -123,7 +123,7 @@ say() { printf '# %s\n' "$*" >&2; }
 parse_args() {
 	local dist=all
 	ARGS_TEXT="$*"
-	DEB=$REPO/target/debian/seamless_0.1.0-1_amd64.deb
+	DEB=${CARGO_TARGET_DIR:-$REPO/target}/debian/seamless_0.1.0-1_amd64.deb
 	while (($#)); do
 		case $1 in
 		--dist) dist=${2:?}; shift 2 ;;

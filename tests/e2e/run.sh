@@ -102,7 +102,7 @@ parse_args() {
 	[[ -f $DEB ]] || die "no such package: $DEB"
 	[[ -z $DEB_UPGRADE || -f $DEB_UPGRADE ]] || die "no such package: $DEB_UPGRADE"
 	[[ -z $RPM || -f $RPM ]] || die "no such package: $RPM"
-	LOADGEN=${LOADGEN:-$REPO/target/release/loadgen}
+	LOADGEN=${LOADGEN:-${CARGO_TARGET_DIR:-$REPO/target}/release/loadgen}
 	[[ -x $LOADGEN ]] || die "no load generator at $LOADGEN (cargo build --release -p loadgen, or --loadgen PATH)"
 	case $dist in
 	bookworm | trixie) DISTS=("$dist") ;;

@@ -7,9 +7,10 @@
 //! preface, or not), and those bytes are given back to hyper in front of the socket.
 //!
 //! When the drain begins, an HTTP/1 connection:
-//! - is **kept** if systemd's fd store has room: once no request is in progress it stops at the
-//!   request boundary and its socket goes to the store, without a `Connection: close` ever
-//!   being sent, so the client goes on using it with the next process;
+//! - is **kept** if systemd's fd store has room (or a successor took over by an upgrade): once
+//!   no request is in progress it stops at the request boundary and its socket goes to the
+//!   store (or the successor), without a `Connection: close` ever being sent, so the client
+//!   goes on using it with the next process;
 //! - otherwise **closes gently** as it always has: every response from now on carries
 //!   `Connection: close`, and an idle connection stays open for `shutdown.linger`, so a request
 //!   already on its way is answered rather than cut.

@@ -15,10 +15,10 @@
 //!    socket unit, so new connections wait in the kernel backlog for the next process;
 //! 2. under systemd with an fd store (`FileDescriptorStoreMax=`), every HTTP/1 connection is
 //!    *kept*: once it is between two requests, it goes to systemd's fd store instead of being
-//!    closed, and the next process serves it — the client never notices the restart (see
-//!    `keep` and `connection`);
-//! 3. a connection that cannot be kept (no store, the store is full, bytes read ahead, a binary
-//!    upgrade) closes gently: every response from now on carries `Connection: close`, so a busy
+//!    closed, and the next process serves it — the client never notices the restart; after a
+//!    binary upgrade it goes to the successor instead (see `keep` and `connection`);
+//! 3. a connection that cannot be kept (no store, the store is full, bytes read ahead) closes
+//!    gently: every response from now on carries `Connection: close`, so a busy
 //!    HTTP/1 connection ends cleanly right after its next response, and an idle one keeps
 //!    reading for `shutdown.linger`, so a request already on its way is answered rather than
 //!    cut; only connections still idle after that are closed;
