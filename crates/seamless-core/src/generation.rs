@@ -1,6 +1,11 @@
 //! One configuration generation, ready to serve: what a connection needs, swapped as a whole
 //! on reload.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::Duration;
+
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderValue, Request, StatusCode, header};
@@ -76,11 +81,29 @@ impl Generation {
             request.map(|body| Body::new(Limited::new(body, limit)))
         };
         let answer = self.router.clone().oneshot(request);
-        match tokio::time::timeout(self.config.http.request_timeout, answer).await {
-            Ok(Ok(response)) => response,
-            Err(_) => StatusCode::REQUEST_TIMEOUT.into_response(),
+        match within(self.config.http.request_timeout, answer).await {
+            Some(Ok(response)) => response,
+            None => StatusCode::REQUEST_TIMEOUT.into_response(),
         }
     }
+}
+
+/// `future`'s output, or `None` if it is not ready within `limit`. Unlike
+/// `tokio::time::timeout`, the timer starts only once the future first has to wait: most
+/// handlers answer on their first poll, and then no clock is read and no timer is set up at
+/// all. The difference to counting from the request's arrival is the handler's first
+/// synchronous stretch, which no timer could interrupt anyway.
+async fn within<F: Future>(limit: Duration, future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(output) = future.as_mut().poll(cx) {
+            return Poll::Ready(Some(output));
+        }
+        let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        timer.as_mut().poll(cx).map(|()| None)
+    })
+    .await
 }
 
 /// `413`, as tower-http's body limit answers it.
