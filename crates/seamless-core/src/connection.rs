@@ -154,7 +154,8 @@ async fn drain_unread(
     serving: &Arc<Serving>,
     settings: &Generation,
 ) {
-    if let Some(store) = place_in_store(serving) {
+    if place_in_store(serving) {
+        let store = serving.store.clone();
         keep_or_close(stream, Bytes::new(), store, peer, serving, settings).await;
         return;
     }
@@ -169,13 +170,11 @@ async fn drain_unread(
     }
 }
 
-/// A place in systemd's fd store for one connection, if the drain may keep connections.
-fn place_in_store(serving: &Serving) -> Option<Arc<Store>> {
-    let store = &serving.store;
+/// Reserves a place in the store for one connection, if the drain may keep connections.
+fn place_in_store(serving: &Serving) -> bool {
     // The generation live now, not the one the connection started with: a reload may have
     // switched keeping off.
-    let keep = serving.live.load().config.shutdown.keep_connections;
-    (keep && store.reserve()).then(|| store.clone())
+    serving.live.load().config.shutdown.keep_connections && serving.store.reserve()
 }
 
 async fn serve_http2(
@@ -185,11 +184,7 @@ async fn serve_http2(
     settings: &Generation,
     mut watch: Watch,
 ) -> hyper::Result<()> {
-    let handler = Handler {
-        serving: serving.clone(),
-        exchange: Arc::new(Exchange::default()),
-        peer: peer.clone(),
-    };
+    let handler = Handler::new(serving, &Arc::new(Exchange::default()), peer);
     let conn = settings.http2.serve_connection(TokioIo::new(io), handler);
     tokio::pin!(conn);
     tokio::select! {
@@ -315,11 +310,7 @@ fn http1(
     exchange: &Arc<Exchange>,
     peer: &Peer,
 ) -> Http1 {
-    let handler = Handler {
-        serving: serving.clone(),
-        exchange: exchange.clone(),
-        peer: peer.clone(),
-    };
+    let handler = Handler::new(serving, exchange, peer);
     // Each connection gets its own timer for hyper's header-read timeout (see `timer`).
     let mut builder = settings.http1.clone();
     builder.timer(ConnectionTimer::default());
@@ -363,24 +354,13 @@ impl Exchange {
     /// flag is set first). Keeping takes a place in the store, returned with it.
     fn keeps(&self, serving: &Serving) -> Option<Arc<Store>> {
         if self.fate.load(Ordering::Acquire) == OPEN {
-            let fate = match place_in_store(serving) {
-                Some(store) => match self.decide(KEEP) {
-                    KEEP => return Some(store),
-                    _ => {
-                        store.release();
-                        CLOSE
-                    }
-                },
-                None => self.decide(CLOSE),
-            };
-            if fate == CLOSE {
-                return None;
+            let placed = place_in_store(serving);
+            let fate = self.decide(if placed { KEEP } else { CLOSE });
+            if placed && fate != KEEP {
+                serving.store.release();
             }
         }
-        match self.fate.load(Ordering::Acquire) {
-            KEEP => Some(serving.store.clone()),
-            _ => None,
-        }
+        (self.fate.load(Ordering::Acquire) == KEEP).then(|| serving.store.clone())
     }
 
     /// The connection ended on its own: a place a response took for it goes back.
@@ -404,16 +384,8 @@ impl Exchange {
     /// Whether a response going out now must carry `Connection: close`: during the drain,
     /// unless the connection is kept.
     fn closes(&self, serving: &Serving) -> bool {
-        serving.shared.draining() && self.keeps_decided(serving) != KEEP
-    }
-
-    /// Decides the fate (see [`Exchange::keeps`]) and says which it is.
-    fn keeps_decided(&self, serving: &Serving) -> u8 {
-        if self.fate.load(Ordering::Acquire) == OPEN {
-            // The place, if taken, is held until the connection task uses or returns it.
-            let _ = self.keeps(serving);
-        }
-        self.fate.load(Ordering::Acquire)
+        // A place taken here is held until the connection task uses or returns it.
+        serving.shared.draining() && self.keeps(serving).is_none()
     }
 
     fn in_flight(&self) -> usize {
@@ -458,6 +430,16 @@ struct Handler {
     serving: Arc<Serving>,
     exchange: Arc<Exchange>,
     peer: Peer,
+}
+
+impl Handler {
+    fn new(serving: &Arc<Serving>, exchange: &Arc<Exchange>, peer: &Peer) -> Self {
+        Handler {
+            serving: serving.clone(),
+            exchange: exchange.clone(),
+            peer: peer.clone(),
+        }
+    }
 }
 
 /// A response on its way. Boxed, because hyper can hand an HTTP/1 socket back only when the

@@ -269,7 +269,9 @@ impl<A: App> Service<A> {
         // Kept connections first: a request their client sent while no process ran is waiting.
         let kept = sockets.connections.len();
         for fd in sockets.connections {
-            adopt(fd, &connections, &drain);
+            if let Some(watch) = drain.watch() {
+                adopt(fd, &connections, watch);
+            }
         }
         if kept > 0 {
             // They are ours now; a copy left in the store would hold them open for ever.
@@ -687,12 +689,7 @@ async fn receive_handed(inbound: Inbound, serving: Arc<Serving>, watch: Watch) {
             Ok(fds) => {
                 handed += fds.len();
                 for fd in fds {
-                    match Stream::adopt(fd) {
-                        Ok((stream, peer)) => spawn(stream, peer, serving.clone(), watch.clone()),
-                        Err(error) => {
-                            tracing::warn!(%error, "cannot serve a handed-over connection; closing it");
-                        }
-                    }
+                    adopt(fd, &serving, watch.clone());
                 }
             }
             Err(error) => {
@@ -709,12 +706,11 @@ async fn receive_handed(inbound: Inbound, serving: Arc<Serving>, watch: Watch) {
     }
 }
 
-/// Serves a connection kept by the previous process, as if just accepted.
-fn adopt(fd: OwnedFd, serving: &Arc<Serving>, drain: &Drain) {
-    let Some(watch) = drain.watch() else { return };
+/// Serves a connection the previous process kept or handed over, as if just accepted.
+fn adopt(fd: OwnedFd, serving: &Arc<Serving>, watch: Watch) {
     match Stream::adopt(fd) {
         Ok((stream, peer)) => spawn(stream, peer, serving.clone(), watch),
-        Err(error) => tracing::warn!(%error, "cannot serve a kept connection; closing it"),
+        Err(error) => tracing::warn!(%error, "cannot serve a passed connection; closing it"),
     }
 }
 
