@@ -372,18 +372,30 @@ scenario_keep_connections() {
 		expect_match "failed/connections_opened/ok" "^0/$clients/[1-9][0-9]*$" "$got"
 }
 
+# service_dropin CONTENT...: a runtime drop-in for the service, one line per
+# argument, in effect at its next start; service_dropin_remove undoes it.
+readonly E2E_DROPIN_DIR=/run/systemd/system/$SERVICE.d
+service_dropin() {
+	put_file "$E2E_DROPIN_DIR/e2e.conf" "$(printf '%s\n' "[Service]" "$@")"$'\n'
+	in_ct systemctl daemon-reload
+}
+
+service_dropin_remove() {
+	in_ct rm -rf "$E2E_DROPIN_DIR"
+	in_ct systemctl daemon-reload
+}
+
 # The same TCP connections (same client ports) are served by the next process,
 # also when a client sent its request while no process ran or closed its
 # connection meanwhile; the fd store empties each time: no fd outlives its
 # connection, in systemd or in the service, after 100 restarts.
 scenario_keep_connections_faults() {
-	local dropin=/run/systemd/system/$SERVICE.d/e2e-gap.conf out pid fds_before
+	local out pid fds_before
 	fds_before=$(pid1_fds)
 
 	# A gap between the old process's exit and the new one's start: requests
 	# sent into it wait in the stored sockets; closed ones are not leaked.
-	put_file "$dropin" "[Service]"$'\n'"ExecStartPre=+/bin/sleep 1"$'\n'
-	in_ct systemctl daemon-reload
+	service_dropin "ExecStartPre=+/bin/sleep 1"
 	idle_clients gap --clients 20 --close 5 --hold 1.5
 	sleep 1
 	in_ct systemctl restart "$SERVICE"
@@ -393,14 +405,11 @@ scenario_keep_connections_faults() {
 	check "requests sent while no process ran are answered by the next one on the same connections ($out)" \
 		expect_eq "answered twice/failed/PIDs after" "15/0/[$pid]" \
 		"$(json_fields "$LOG_DIR/idle-gap.json" answered_twice failed pids_after | tr -d ' ')"
-	in_ct rm -f "$dropin"
-	in_ct rmdir "${dropin%/*}"
-	in_ct systemctl daemon-reload
+	service_dropin_remove
 
 	# A start that fails before the new process runs: systemd restarts the
 	# service (Restart=on-failure) and the next process adopts the connections.
-	put_file "$dropin" "[Service]"$'\n'"ExecStartPre=+/bin/sh -c 'if [ -e /run/e2e-fail-once ]; then rm /run/e2e-fail-once; exit 1; fi'"$'\n'
-	in_ct systemctl daemon-reload
+	service_dropin "ExecStartPre=+/bin/sh -c 'if [ -e /run/e2e-fail-once ]; then rm /run/e2e-fail-once; exit 1; fi'"
 	in_ct touch /run/e2e-fail-once
 	idle_clients fail --clients 20 --hold 3
 	sleep 1
@@ -412,15 +421,13 @@ scenario_keep_connections_faults() {
 	check "a failed start keeps the stored connections for the restart after it ($out)" \
 		expect_eq "answered twice/failed/PIDs after" "20/0/[$pid]" \
 		"$(json_fields "$LOG_DIR/idle-fail.json" answered_twice failed pids_after | tr -d ' ')"
-	in_ct rm -f "$dropin" /run/e2e-fail-once
-	in_ct rmdir "${dropin%/*}"
-	in_ct systemctl daemon-reload
+	in_ct rm -f /run/e2e-fail-once
+	service_dropin_remove
 
 	# 100 restarts with 20 connections kept all along.
 	local i problems=''
 	# A full store keeps what fits; the rest close as before (after shutdown.linger).
-	put_file "$dropin" "[Service]"$'\n'"FileDescriptorStoreMax=5"$'\n'"Environment=FDSTORE=5"$'\n'
-	in_ct systemctl daemon-reload
+	service_dropin "FileDescriptorStoreMax=5" "Environment=FDSTORE=5"
 	idle_clients full --clients 20 --hold 3
 	sleep 1
 	in_ct systemctl restart "$SERVICE"
@@ -429,9 +436,7 @@ scenario_keep_connections_faults() {
 	check "a store for 5 keeps 5 connections; the other 15 are closed as without a store ($IDLE_OUT)" \
 		expect_eq "answered twice/failed/PIDs after" "5/15/[$pid]" \
 		"$(json_fields "$LOG_DIR/idle-full.json" answered_twice failed pids_after | tr -d ' ')"
-	in_ct rm -f "$dropin"
-	in_ct rmdir "${dropin%/*}"
-	in_ct systemctl daemon-reload
+	service_dropin_remove
 	in_ct systemctl restart "$SERVICE"
 
 	# A reload stores nothing: the same process serves on, PID 1 holds nothing new.

@@ -111,6 +111,22 @@ nginx_config() {
 	EOF
 }
 
+# load_counts REPORT: loadgen's JSON report as COUNTS: failed, total, ok, and
+# the statuses and outcomes other than ok ("-" when none). Fails when the
+# report cannot be read.
+load_counts() {
+	read -r -a COUNTS < <(python3 - "$1" <<-'EOF'
+		import json, sys
+		report = json.load(open(sys.argv[1]))
+		def pairs(counts):
+		    return ",".join(f"{k}:{v}" for k, v in sorted(counts.items()) if k != "ok" and v) or "-"
+		print(report["failed"], report["total"], report["ok"],
+		      pairs(report["statuses"]), pairs(report["outcomes"]))
+	EOF
+	)
+	((${#COUNTS[@]} == 5))
+}
+
 # One run's counts as a tab-separated line appended to FILE (nothing when FILE
 # is empty), for bench/report.py: setup, balancer, operation, clients,
 # announce, failed, total, ok, statuses, outcomes.

@@ -219,16 +219,7 @@ run() {
 	for n in "${!HOSTS[@]}"; do
 		stop_instance "$n" QUIT
 	done
-	read -r -a COUNTS < <(python3 - "$WORK/$label.json" <<-'EOF'
-		import json, sys
-		report = json.load(open(sys.argv[1]))
-		def pairs(counts):
-		    return ",".join(f"{k}:{v}" for k, v in sorted(counts.items()) if k != "ok" and v) or "-"
-		print(report["failed"], report["total"], report["ok"],
-		      pairs(report["statuses"]), pairs(report["outcomes"]))
-	EOF
-	)
-	((${#COUNTS[@]} == 5)) || die "cannot read $WORK/$label.json"
+	load_counts "$WORK/$label.json" || die "cannot read $WORK/$label.json"
 }
 
 main() {

@@ -229,16 +229,7 @@ run() {
 	kill -INT "$LOAD_PID"
 	wait "$LOAD_PID" || { echo "loadgen failed; see $LOG_DIR/$label.loadgen.log" >&2; return 1; }
 	LOAD_PID=''
-	read -r -a COUNTS < <(python3 - "$LOG_DIR/$label.json" <<-'EOF'
-		import json, sys
-		report = json.load(open(sys.argv[1]))
-		def pairs(counts):
-		    return ",".join(f"{k}:{v}" for k, v in sorted(counts.items()) if k != "ok" and v) or "-"
-		print(report["failed"], report["total"], report["ok"],
-		      pairs(report["statuses"]), pairs(report["outcomes"]))
-	EOF
-	)
-	((${#COUNTS[@]} == 5))
+	load_counts "$LOG_DIR/$label.json"
 }
 
 report_run() {
