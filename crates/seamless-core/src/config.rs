@@ -10,7 +10,8 @@
 //! 4. `NAME_*` environment variables, `__` separating nested keys
 //!    (`ORDERS_API_HTTP__MAX_CONNECTIONS=64`).
 //!
-//! The service's keys are the sections `log`, `http`, `shutdown` and `upgrade` ([`Config`]);
+//! The service's keys are the sections `log`, `http`, `tls`, `shutdown` and `upgrade`
+//! ([`Config`]);
 //! every other top-level key belongs to the application ([`AppConfig`]). A missing default file
 //! means "built-in defaults"; a missing file named with `--config` is an error. Unknown keys are
 //! errors, so a typo never silently does nothing. Every error names the file (or variable) and
@@ -21,6 +22,7 @@ use std::ffi::OsStr;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use figment::Figment;
@@ -30,6 +32,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::Identity;
+use crate::tls::{Tls, TlsError};
 
 /// Longest duration any key accepts. Far beyond any sensible timeout, and far from the limits
 /// of the clocks the durations are added to (which panic on overflow).
@@ -60,6 +63,8 @@ pub struct Config {
     pub log: LogConfig,
     /// HTTP serving.
     pub http: HttpConfig,
+    /// HTTPS: the certificate and key.
+    pub tls: TlsConfig,
     /// Stopping and draining.
     pub shutdown: ShutdownConfig,
     /// Binary hot upgrades.
@@ -67,7 +72,7 @@ pub struct Config {
 }
 
 /// The application's configuration: its own top-level keys beside the service's sections
-/// (`log`, `http`, `shutdown`, `upgrade`), loaded from the same layers.
+/// (`log`, `http`, `tls`, `shutdown`, `upgrade`), loaded from the same layers.
 ///
 /// Derive `Serialize`, `Deserialize` and `Default`, with `#[serde(default)]` so every key is
 /// optional. Do **not** put `deny_unknown_fields` on the top-level struct (the loader checks
@@ -159,7 +164,7 @@ impl AppConfig for NoConfig {}
 /// ```
 /// use seamless_core::{Loaded, Loader, NoConfig, identity};
 ///
-/// let Loaded { service, app } = Loader::new(&identity!(), Some("/dev/null".into()))
+/// let Loaded { service, app, .. } = Loader::new(&identity!(), Some("/dev/null".into()))
 ///     .load::<NoConfig>()
 ///     .unwrap();
 /// assert_eq!(service, seamless_core::Config::default());
@@ -171,6 +176,9 @@ pub struct Loaded<C> {
     pub service: Config,
     /// The application's keys.
     pub app: C,
+    /// The certificate and key `tls.certificate` and `tls.key` name, loaded and checked;
+    /// `None` when they are not set.
+    pub tls: Option<Arc<Tls>>,
 }
 
 /// `[log]`: what gets logged.
@@ -214,6 +222,33 @@ pub struct HttpConfig {
     pub max_header_bytes: usize,
     /// Largest request body in bytes; larger gets `413`. Changes live on reload.
     pub max_body_bytes: usize,
+}
+
+/// `[tls]`: HTTPS. Sockets named `https` (`FileDescriptorName=https`) are served with TLS, with
+/// this certificate and key; sockets named `http` (or unnamed) stay plain.
+///
+/// The files are read at start and on every reload, so `systemctl reload` puts a renewed
+/// certificate in service; a pair that does not load (unreadable, not PEM, key not matching,
+/// expired or not yet valid) fails the reload and the old pair keeps serving.
+///
+/// ```
+/// let tls = seamless_core::config::TlsConfig::default();
+/// assert!(tls.certificate.is_none() && tls.key.is_none() && tls.listen.is_none());
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM file with the certificate chain, leaf first. A relative path names a credential
+    /// (`LoadCredential=`) when systemd passed any, else a file in the working directory.
+    /// Unset by default: no HTTPS. Changes live on reload.
+    pub certificate: Option<PathBuf>,
+    /// PEM file with the private key (PKCS#8, RSA or SEC1), resolved like `certificate`.
+    /// Changes live on reload.
+    pub key: Option<PathBuf>,
+    /// Address bound for HTTPS when no socket is passed in by systemd (`cargo run`,
+    /// containers). Unset by default. Takes effect on restart only; under socket activation
+    /// the socket unit decides.
+    pub listen: Option<SocketAddr>,
 }
 
 /// `[shutdown]`: how a stop drains connections.
@@ -337,6 +372,9 @@ pub enum ConfigError {
     /// Syntax error, unknown key, wrong type or bad value.
     #[error("{0}")]
     Invalid(InvalidConfig),
+    /// The certificate or key cannot serve.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// One or more parse or validation errors, each with its source and key.
@@ -453,7 +491,16 @@ impl Loader {
                 )],
             }));
         }
-        Ok(Loaded { service, app })
+        if service.tls.listen.is_some() && service.tls.certificate.is_none() {
+            return Err(ConfigError::Invalid(InvalidConfig {
+                errors: vec![format!(
+                    "{}: key `tls.listen`: needs tls.certificate and tls.key",
+                    self.source_of(&figment, "tls.listen")
+                )],
+            }));
+        }
+        let tls = Tls::load(&service.tls)?;
+        Ok(Loaded { service, app, tls })
     }
 
     /// Top-level keys that neither the service nor the application knows. Nested sections

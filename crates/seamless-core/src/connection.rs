@@ -53,13 +53,15 @@ const REJECT_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 #[derive(Debug, Clone)]
 pub(crate) struct Peer(pub(crate) Arc<str>);
 
-/// An accepted (or adopted) stream of either kind.
+/// An accepted (or adopted) stream of any kind.
 #[derive(Debug)]
 pub(crate) enum Stream {
     /// TCP, IPv4 or IPv6.
     Tcp(tokio::net::TcpStream),
     /// A unix stream socket.
     Unix(tokio::net::UnixStream),
+    /// TLS over either, after the handshake (see `tls`). Never kept across a restart.
+    Tls(Box<tokio_rustls::server::TlsStream<Prefixed>>),
 }
 
 /// What every connection task needs besides its socket.
@@ -75,6 +77,8 @@ pub(crate) struct Serving {
 
 /// Serves one connection until it ends, is kept or closed by the drain, or the process exits.
 pub(crate) async fn serve(mut stream: Stream, peer: Peer, serving: Arc<Serving>, mut watch: Watch) {
+    // The fd store holds sockets, not TLS sessions: a TLS connection always drains.
+    let keepable = !matches!(stream, Stream::Tls(_));
     // Connection settings come from the generation current at accept time; each request
     // then picks the generation current when it arrives.
     let settings = serving.live.load_full();
@@ -86,7 +90,7 @@ pub(crate) async fn serve(mut stream: Stream, peer: Peer, serving: Arc<Serving>,
         () = watch.started() => {
             if read.is_empty() {
                 // Nothing read yet: the connection is at a request boundary, its first.
-                drain_unread(stream, &peer, &serving, &settings).await;
+                drain_unread(stream, keepable, &peer, &serving, &settings).await;
                 return;
             }
             // A request has begun: finish telling its protocol, then serve it as usual.
@@ -113,7 +117,7 @@ pub(crate) async fn serve(mut stream: Stream, peer: Peer, serving: Arc<Serving>,
         }
         Ok(Ok(Protocol::Http1(read))) => {
             let io = Prefixed::new(read, stream);
-            serve_http1(io, &peer, &serving, &settings, watch).await
+            serve_http1(io, keepable, &peer, &serving, &settings, watch).await
         }
     };
     if let Err(error) = result {
@@ -150,11 +154,12 @@ async fn detect(stream: &mut Stream, read: &mut BytesMut) -> io::Result<Protocol
 /// `shutdown.linger` to start a request, which is answered with `Connection: close`.
 async fn drain_unread(
     mut stream: Stream,
+    keepable: bool,
     peer: &Peer,
     serving: &Arc<Serving>,
     settings: &Generation,
 ) {
-    if place_in_store(serving) {
+    if keepable && place_in_store(serving) {
         let store = serving.store.clone();
         keep_or_close(stream, Bytes::new(), store, peer, serving, settings).await;
         return;
@@ -202,12 +207,19 @@ type Http1 = hyper::server::conn::http1::Connection<TokioIo<Prefixed>, Handler>;
 
 async fn serve_http1(
     io: Prefixed,
+    keepable: bool,
     peer: &Peer,
     serving: &Arc<Serving>,
     settings: &Generation,
     mut watch: Watch,
 ) -> hyper::Result<()> {
-    let exchange = Arc::new(Exchange::default());
+    // Closing is decided from the start for a connection that cannot be kept; it shows only
+    // once the drain begins.
+    let exchange = Arc::new(if keepable {
+        Exchange::default()
+    } else {
+        Exchange::closing()
+    });
     let mut conn = http1(io, serving, settings, &exchange, peer);
     tokio::select! {
         // The connection first: bytes already read (protocol detection read the start of a
@@ -580,13 +592,13 @@ impl Drop for Tracked {
 /// A stream with bytes already read from it in front: what protocol detection read, or what
 /// hyper had read ahead when it stopped.
 #[derive(Debug)]
-struct Prefixed {
+pub(crate) struct Prefixed {
     prefix: Bytes,
     stream: Stream,
 }
 
 impl Prefixed {
-    fn new(prefix: Bytes, stream: Stream) -> Self {
+    pub(crate) fn new(prefix: Bytes, stream: Stream) -> Self {
         Prefixed { prefix, stream }
     }
 
@@ -676,6 +688,7 @@ impl AsFd for Stream {
         match self {
             Stream::Tcp(s) => s.as_fd(),
             Stream::Unix(s) => s.as_fd(),
+            Stream::Tls(s) => s.get_ref().0.stream.as_fd(),
         }
     }
 }
@@ -689,6 +702,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -702,6 +716,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -713,6 +728,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Stream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -720,6 +736,7 @@ impl AsyncWrite for Stream {
         match self {
             Stream::Tcp(s) => s.is_write_vectored(),
             Stream::Unix(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
         }
     }
 
@@ -727,6 +744,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
             Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -734,6 +752,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }

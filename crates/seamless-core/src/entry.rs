@@ -10,14 +10,14 @@ use anyhow::Context as _;
 
 use crate::app::App;
 use crate::cli::{self, Cli, Command};
-use crate::config::{ConfigError, Loader};
+use crate::config::{Config, ConfigError, InvalidConfig, Loader};
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::reload::{self, Reloader};
 use crate::routes::Shared;
 use crate::server::{self, Stopped, Upgrades};
 use crate::verdict::{RequestError, Verdict};
-use crate::{listeners, logging, signals, upgrade};
+use crate::{listeners, logging, signals, tls, upgrade};
 
 /// Runs the service binary of application `A`: `NAME [serve]`, `NAME check-config`,
 /// `NAME print-config`, `NAME reload --pid PID`, `NAME upgrade --pid PID` (see `NAME --help`).
@@ -131,6 +131,15 @@ fn print_config<A: App>(loader: &Loader) -> anyhow::Result<u8> {
     Ok(cli::EXIT_OK)
 }
 
+/// Without socket activation: `http.listen`, and `tls.listen` when set.
+async fn bind_own(config: &Config) -> Result<Vec<listeners::Named>, listeners::ListenerError> {
+    let mut bound = listeners::bind(config.http.listen).await?;
+    if let Some(addr) = config.tls.listen {
+        bound.push(listeners::bind_as(tls::HTTPS_NAME, addr).await?);
+    }
+    Ok(bound)
+}
+
 fn serve<A: App>(loader: Loader) -> anyhow::Result<u8> {
     // First, before any thread exists and before the configuration's NAME_* environment layer
     // is read: when started by `NAME upgrade`, the pipe back to the old process.
@@ -159,8 +168,18 @@ fn serve_with<A: App>(loader: Loader, parent: &mut Option<upgrade::Parent>) -> a
         let socket_activated = passed.is_some();
         let sockets = match passed {
             Some(passed) => passed.into_sockets()?,
-            None => listeners::bind(loaded.service.http.listen).await?.into(),
+            None => bind_own(&loaded.service).await?.into(),
         };
+        let https = sockets.listeners.iter().any(|l| l.name == tls::HTTPS_NAME);
+        if https && loaded.tls.is_none() {
+            return Err(ConfigError::Invalid(InvalidConfig {
+                errors: vec![format!(
+                    "{}: key `tls.certificate`: not set, but systemd passed a socket named `https`",
+                    loader.main_file().display()
+                )],
+            })
+            .into());
+        }
         let mut metrics = Metrics::new(&identity.metric_prefix());
         let state = A::state(&loaded.app, &mut metrics)
             .await

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower::ServiceExt;
 
 use crate::config::Config;
+use crate::tls::Tls;
 
 /// The service configuration of one generation and everything built from it.
 #[derive(Debug)]
@@ -33,11 +35,14 @@ pub(crate) struct Generation {
     pub(crate) http1: http1::Builder,
     /// HTTP/2 connection settings (header limits).
     pub(crate) http2: http2::Builder<TokioExecutor>,
+    /// The certificate and key new handshakes on the `https` socket use; `None` without HTTPS.
+    pub(crate) tls: Option<Arc<Tls>>,
 }
 
 impl Generation {
-    /// Takes the application's `router` and builds the connection settings of `config`.
-    pub(crate) fn new(config: Config, number: u64, router: Router) -> Self {
+    /// Takes the application's `router` and the loaded `tls` pair, and builds the connection
+    /// settings of `config`.
+    pub(crate) fn new(config: Config, number: u64, router: Router, tls: Option<Arc<Tls>>) -> Self {
         let mut http1 = http1::Builder::new();
         http1
             .timer(TokioTimer::new())
@@ -54,6 +59,7 @@ impl Generation {
             header: HeaderValue::from(number),
             http1,
             http2,
+            tls,
         }
     }
 
@@ -118,12 +124,11 @@ mod tests {
     use crate::test_app::{Routers, TestApp, TestConfig};
     use axum::body::Body;
     use axum::http::{Request, header};
-    use std::sync::Arc;
     use std::time::Duration;
 
     fn generation(config: Config) -> Generation {
         let router = TestApp::router(&Arc::new(Routers::default()), &TestConfig::default());
-        Generation::new(config, 1, router)
+        Generation::new(config, 1, router, None)
     }
 
     #[tokio::test(start_paused = true)]

@@ -46,6 +46,7 @@
 //! | `keep` | keeping idle connections across a restart in systemd's fd store |
 //! | `generation` | one configuration generation, swapped as a whole |
 //! | `timer` | hyper's header-read timer, one tokio timer per connection |
+//! | [`tls`] | HTTPS: the certificate and key, the handshake on the `https` socket |
 //! | [`routes`] | built-in routes and what is done to every response |
 //! | `drain` | coordination: telling tasks the drain began, knowing when all have ended |
 //! | [`reload`] | swapping in a new configuration; `NAME reload` |
@@ -72,6 +73,7 @@ pub mod routes;
 pub mod server;
 pub mod signals;
 mod timer;
+pub mod tls;
 mod upgrade;
 mod verdict;
 

@@ -525,13 +525,25 @@ impl Passed {
 /// # });
 /// ```
 pub async fn bind(addr: SocketAddr) -> Result<Vec<Named>, ListenerError> {
+    Ok(vec![bind_as(HTTP_NAME, addr).await?])
+}
+
+/// Binds `addr` ourselves as the socket `name`: `https` for `tls.listen`.
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let bound = seamless_core::listeners::bind_as("https", "127.0.0.1:0".parse().unwrap()).await;
+/// assert_eq!(bound.unwrap().name, "https");
+/// # });
+/// ```
+pub async fn bind_as(name: &str, addr: SocketAddr) -> Result<Named, ListenerError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|reason| ListenerError::Bind { addr, reason })?;
-    Ok(vec![Named {
-        name: HTTP_NAME.to_owned(),
+    Ok(Named {
+        name: name.to_owned(),
         listener: Listener::Tcp(listener),
-    }])
+    })
 }
 
 #[cfg(test)]

@@ -22,6 +22,44 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 
 /// Labels of a family: `(name, value)` pairs.
 type Labels = Vec<(&'static str, &'static str)>;
+/// Labels whose values are known only at run time (a file name).
+type OwnedLabels = Vec<(&'static str, String)>;
+
+/// How a TLS handshake on the `https` socket ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Handshake {
+    /// Completed: the connection is served.
+    Ok,
+    /// Not completed within `http.header_read_timeout`.
+    Timeout,
+    /// The client spoke plain HTTP; it was answered `400`.
+    PlainHttp,
+    /// The client asked (SNI) for a name the certificate does not hold.
+    UnknownName,
+    /// Anything else: not TLS, a broken record, no shared cipher, the client went away.
+    Failed,
+}
+
+impl Handshake {
+    const ALL: [Handshake; 5] = [
+        Handshake::Ok,
+        Handshake::Timeout,
+        Handshake::PlainHttp,
+        Handshake::UnknownName,
+        Handshake::Failed,
+    ];
+
+    /// The `result` label, and the word in logs.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Handshake::Ok => "ok",
+            Handshake::Timeout => "timeout",
+            Handshake::PlainHttp => "plain_http",
+            Handshake::UnknownName => "unknown_sni",
+            Handshake::Failed => "failed",
+        }
+    }
+}
 
 /// The service's metrics, and the registry that renders them with the application's.
 #[derive(Debug)]
@@ -46,6 +84,10 @@ pub struct Metrics {
     draining: Gauge<i64, AtomicI64>,
     /// 1 while a stop is announced (`shutdown.announce`), before the drain.
     announcing: Gauge<i64, AtomicI64>,
+    /// TLS handshakes by result, in [`Handshake::ALL`]'s order.
+    handshakes: [Counter; 5],
+    /// The serving certificate's expiry, by file; no series without HTTPS.
+    certificate_expiry: Family<OwnedLabels, Gauge<i64, AtomicI64>>,
 }
 
 impl Metrics {
@@ -69,6 +111,23 @@ impl Metrics {
         );
         let [reloads_ok, reloads_failed] =
             ["ok", "failed"].map(|result| reloads.get_or_create(&vec![("result", result)]).clone());
+        let handshakes = Family::<Labels, Counter>::default();
+        registry.register(
+            "tls_handshakes",
+            "TLS handshakes on the https socket, by result",
+            handshakes.clone(),
+        );
+        let handshakes = Handshake::ALL.map(|result| {
+            handshakes
+                .get_or_create(&vec![("result", result.label())])
+                .clone()
+        });
+        let certificate_expiry = Family::<OwnedLabels, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "tls_certificate_expiry_seconds",
+            "When the certificate serving HTTPS expires, in seconds since the epoch",
+            certificate_expiry.clone(),
+        );
         let mut metrics = Metrics {
             registry,
             responses,
@@ -80,6 +139,8 @@ impl Metrics {
             reloads_failed,
             draining: Gauge::default(),
             announcing: Gauge::default(),
+            handshakes,
+            certificate_expiry,
         };
         let registry = &mut metrics.registry;
         registry.register(
@@ -183,6 +244,21 @@ impl Metrics {
         self.announcing.set(i64::from(announcing));
     }
 
+    /// Counts a TLS handshake's result.
+    pub(crate) fn handshake(&self, result: Handshake) {
+        self.handshakes[result as usize].inc();
+    }
+
+    /// Records the certificate serving HTTPS (`None`: no HTTPS): its file and expiry.
+    pub(crate) fn set_certificate(&self, certificate: Option<(&std::path::Path, i64)>) {
+        self.certificate_expiry.clear();
+        if let Some((path, not_after)) = certificate {
+            self.certificate_expiry
+                .get_or_create(&vec![("certificate", path.display().to_string())])
+                .set(not_after);
+        }
+    }
+
     /// The OpenMetrics text exposition of every family, the application's included.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(2048);
@@ -208,7 +284,17 @@ mod tests {
         metrics.reloaded(false, 1);
         metrics.reloaded(true, 2);
         metrics.set_draining();
+        metrics.handshake(Handshake::PlainHttp);
+        metrics.set_certificate(Some((std::path::Path::new("/old.pem"), 1)));
+        metrics.set_certificate(Some((
+            std::path::Path::new("/etc/tls/cert.pem"),
+            1_900_000_000,
+        )));
         let text = metrics.render();
+        assert!(
+            !text.contains("/old.pem"),
+            "a replaced certificate leaves:\n{text}"
+        );
         for line in [
             "example_http_responses_total{class=\"2xx\"} 2",
             "example_http_responses_total{class=\"5xx\"} 1",
@@ -219,6 +305,9 @@ mod tests {
             "example_reloads_total{result=\"failed\"} 1",
             "example_draining 1",
             "example_announcing 0",
+            "example_tls_handshakes_total{result=\"plain_http\"} 1",
+            "example_tls_handshakes_total{result=\"ok\"} 0",
+            "example_tls_certificate_expiry_seconds{certificate=\"/etc/tls/cert.pem\"} 1900000000",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -24,6 +24,7 @@ use crate::identity::Identity;
 use crate::logging;
 use crate::notify::monotonic_usec;
 use crate::routes::Shared;
+use crate::tls::Tls;
 use crate::verdict::{RequestError, Verdict};
 
 /// Name of the verdict file inside the runtime directory.
@@ -89,6 +90,8 @@ pub struct Reloader<A: App> {
     verdict_file: Option<PathBuf>,
     /// Whether listening addresses came from systemd (then `http.listen` never applies).
     socket_activated: bool,
+    /// Whether an `https` socket is served: then a configuration without TLS is refused.
+    serving_https: bool,
 }
 
 impl<A: App> std::fmt::Debug for Reloader<A> {
@@ -111,11 +114,13 @@ impl<A: App> Reloader<A> {
         shared: Arc<Shared>,
     ) -> Self {
         shared.metrics.set_generation(1);
+        set_certificate(&shared, loaded.tls.as_deref(), None);
         let router = A::router(&state, &loaded.app);
         let live = Arc::new(ArcSwap::from_pointee(Generation::new(
             loaded.service,
             1,
             router,
+            loaded.tls,
         )));
         Reloader {
             loader,
@@ -126,6 +131,7 @@ impl<A: App> Reloader<A> {
             log: None,
             verdict_file: crate::verdict::default_path(VERDICT_FILE),
             socket_activated: false,
+            serving_https: false,
         }
     }
 
@@ -149,6 +155,16 @@ impl<A: App> Reloader<A> {
         self
     }
 
+    /// Records that an `https` socket is served, so a reload that drops `tls.certificate` is
+    /// refused. Fails when the configuration serving now has no certificate.
+    pub(crate) fn serve_https(&mut self) -> Result<(), String> {
+        self.serving_https = true;
+        match self.live.load().tls {
+            Some(_) => Ok(()),
+            None => Err(NO_CERTIFICATE.to_owned()),
+        }
+    }
+
     /// The live configuration, shared with every connection.
     pub(crate) fn live(&self) -> Arc<ArcSwap<Generation>> {
         self.live.clone()
@@ -164,12 +180,19 @@ impl<A: App> Reloader<A> {
         let started_usec = monotonic_usec().unwrap_or(0);
         let started = Instant::now();
         let current = self.live.load_full();
-        let outcome = match self.loader.load::<A::Config>() {
+        let loaded = self.loader.load::<A::Config>().map_err(|e| e.to_string());
+        let loaded = loaded.and_then(|loaded| {
+            if self.serving_https && loaded.tls.is_none() {
+                Err(NO_CERTIFICATE.to_owned())
+            } else {
+                Ok(loaded)
+            }
+        });
+        let outcome = match loaded {
             Ok(loaded) => self.apply(loaded, &current, started),
             Err(error) => {
                 let generation = current.number;
                 self.shared.metrics.reloaded(false, generation);
-                let error = error.to_string();
                 tracing::error!(%error, generation, "reload failed; keeping the running configuration");
                 Outcome::Failed { generation, error }
             }
@@ -216,6 +239,10 @@ impl<A: App> Reloader<A> {
         if current.config.http.listen != loaded.service.http.listen && !self.socket_activated {
             on_restart.push("http.listen");
         }
+        if current.config.tls.listen != loaded.service.tls.listen && !self.socket_activated {
+            on_restart.push("tls.listen");
+        }
+        set_certificate(&self.shared, loaded.tls.as_deref(), current.tls.as_deref());
         on_restart.extend(loaded.app.restart_only(&self.app_config));
         let level = &loaded.service.log.level;
         if current.config.log.level != *level {
@@ -228,6 +255,7 @@ impl<A: App> Reloader<A> {
             loaded.service,
             generation,
             router,
+            loaded.tls,
         )));
         self.app_config = loaded.app;
         self.shared.metrics.reloaded(true, generation);
@@ -243,6 +271,25 @@ impl<A: App> Reloader<A> {
             generation,
             on_restart,
         }
+    }
+}
+
+/// Why a configuration without a certificate cannot serve the `https` socket.
+const NO_CERTIFICATE: &str =
+    "key `tls.certificate`: not set, but the `https` socket needs a certificate and key";
+
+/// Publishes the certificate `tls` serves with (and logs it when it is not `running`'s).
+fn set_certificate(shared: &Shared, tls: Option<&Tls>, running: Option<&Tls>) {
+    shared
+        .metrics
+        .set_certificate(tls.map(|t| (t.certificate(), t.not_after())));
+    if let Some(tls) = tls.filter(|&t| running != Some(t)) {
+        tracing::info!(
+            certificate = %tls.certificate().display(),
+            serial = tls.serial(),
+            not_after = tls.not_after(),
+            "TLS certificate loaded"
+        );
     }
 }
 

@@ -53,6 +53,7 @@ use crate::notify::{self, Notifier};
 use crate::reload::{Outcome, Reloader};
 use crate::routes::Shared;
 use crate::signals::Request;
+use crate::tls::{self, HTTPS_NAME};
 use crate::upgrade::{self, Successor, UpgradeError};
 use crate::verdict::Verdict;
 
@@ -256,7 +257,7 @@ impl<A: App> Service<A> {
     /// Serves the connections the previous process kept, starts an accept loop per listener
     /// and the watchdog, and tells systemd (and a parent process after an upgrade) that the
     /// service is ready.
-    fn start(sockets: Sockets, reloader: Reloader<A>, mut upgrades: Upgrades) -> Self {
+    fn start(sockets: Sockets, mut reloader: Reloader<A>, mut upgrades: Upgrades) -> Self {
         let notifier = Arc::new(Notifier::new());
         let shared = reloader.shared();
         let drain = Drain::new();
@@ -290,16 +291,24 @@ impl<A: App> Service<A> {
                     tracing::warn!(%error, socket = %name, "cannot keep a copy for upgrades");
                 }
             }
-            if !serves_http(&name) {
-                tracing::warn!(socket = %name, address = %listener, "ignoring socket: only `http` is served");
+            let security = if serves_http(&name) {
+                Security::Plain
+            } else if name == HTTPS_NAME {
+                if let Err(error) = reloader.serve_https() {
+                    tracing::error!(socket = %name, address = %listener, %error, "not serving the socket");
+                    continue;
+                }
+                Security::Tls
+            } else {
+                tracing::warn!(socket = %name, address = %listener, "ignoring socket: only `http` and `https` are served");
                 continue;
-            }
+            };
             tracing::info!(socket = %name, address = %listener, "listening");
             serving.push(format!("{name} ({listener})"));
             let (watch, connections) = (drain.watch(), connections.clone());
             tokio::spawn(async move {
                 if let Some(watch) = watch {
-                    accept_loop(listener, connections, watch).await;
+                    accept_loop(listener, security, connections, watch).await;
                 }
             });
         }
@@ -648,8 +657,22 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// Whether a listener's connections speak TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Security {
+    /// Plain HTTP: the `http` (or unnamed) socket, and connections kept or handed over.
+    Plain,
+    /// HTTPS: the `https` socket.
+    Tls,
+}
+
 /// Accepts connections until the drain starts, then drops the listener.
-async fn accept_loop(listener: Listener, serving: Arc<Serving>, mut watch: Watch) {
+async fn accept_loop(
+    listener: Listener,
+    security: Security,
+    serving: Arc<Serving>,
+    mut watch: Watch,
+) {
     loop {
         let accepted = tokio::select! {
             () = watch.started() => return,
@@ -672,10 +695,13 @@ async fn accept_loop(listener: Listener, serving: Arc<Serving>, mut watch: Watch
                 limit,
                 "over http.max_connections; answering 503"
             );
-            tokio::spawn(connection::reject(stream));
+            // A plain `503` means nothing to a TLS client: it is just closed.
+            if security == Security::Plain {
+                tokio::spawn(connection::reject(stream));
+            }
             continue;
         }
-        spawn(stream, peer, serving.clone(), watch.clone());
+        spawn(stream, security, peer, serving.clone(), watch.clone());
     }
 }
 
@@ -709,19 +735,36 @@ async fn receive_handed(inbound: Inbound, serving: Arc<Serving>, watch: Watch) {
 /// Serves a connection the previous process kept or handed over, as if just accepted.
 fn adopt(fd: OwnedFd, serving: &Arc<Serving>, watch: Watch) {
     match Stream::adopt(fd) {
-        Ok((stream, peer)) => spawn(stream, peer, serving.clone(), watch),
+        Ok((stream, peer)) => spawn(stream, Security::Plain, peer, serving.clone(), watch),
         Err(error) => tracing::warn!(%error, "cannot serve a passed connection; closing it"),
     }
 }
 
-/// Serves a connection in a task of its own, counted in the open connections.
-fn spawn(stream: Stream, peer: Peer, serving: Arc<Serving>, watch: Watch) {
+/// Serves a connection in a task of its own, counted in the open connections; a TLS one after
+/// its handshake.
+fn spawn(stream: Stream, security: Security, peer: Peer, serving: Arc<Serving>, watch: Watch) {
     serving.shared.metrics.connection_opened();
     tokio::spawn(async move {
         let shared = serving.shared.clone();
-        connection::serve(stream, peer, serving, watch).await;
+        let stream = match security {
+            Security::Plain => Some(stream),
+            Security::Tls => handshake(stream, &peer, &serving).await,
+        };
+        if let Some(stream) = stream {
+            connection::serve(stream, peer, serving, watch).await;
+        }
         shared.metrics.connection_closed();
     });
+}
+
+/// The TLS handshake of a connection on the `https` socket, with the certificate of the
+/// generation current now, bounded by its `http.header_read_timeout`.
+async fn handshake(stream: Stream, peer: &Peer, serving: &Serving) -> Option<Stream> {
+    let generation = serving.live.load_full();
+    // A reload never drops the certificate while `https` is served (`Reloader::serve_https`).
+    let tls = generation.tls.as_ref()?;
+    let limit = generation.config.http.header_read_timeout;
+    tls::accept(stream, tls, limit, &serving.shared.metrics, &peer.0).await
 }
 
 async fn accept(listener: &Listener) -> std::io::Result<(Stream, Peer)> {
