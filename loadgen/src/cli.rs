@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-use crate::{EventWindow, Load, Mode, Report, Target, ThinkTime, events, start};
+use crate::{EventWindow, Load, Mode, Report, Target, ThinkTime, Tls, events, start, tls};
 
 /// Connection reuse policy, as spelled on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -47,6 +47,10 @@ impl From<CliMode> for Mode {
 /// keep-alive connection without checking whether the server closed it
 /// meanwhile, like simple clients do; --max-connections then checks that
 /// no worker had to reconnect.
+///
+/// With --tls, requests go over HTTPS: the handshake counts as part of the
+/// request that opens a connection, and a failed one fails that request as
+/// tls_handshake_failed.
 #[derive(Debug, Parser)]
 #[command(name = "loadgen", version, verbatim_doc_comment)]
 pub struct Args {
@@ -61,6 +65,19 @@ pub struct Args {
     /// Target unix stream socket instead of TCP.
     #[arg(long, value_name = "PATH")]
     pub unix: Option<PathBuf>,
+    /// Speak HTTPS (TLS over TCP; ALPN offers only http/1.1). Needs
+    /// --cacert.
+    #[arg(long, requires = "cacert", conflicts_with = "unix")]
+    pub tls: bool,
+    /// PEM file with the CA certificate(s) to trust for --tls; no other
+    /// trust store is consulted.
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    pub cacert: Option<PathBuf>,
+    /// Server name sent as SNI and verified against the certificate with
+    /// --tls. Default: the host of --addr if it is a DNS name, else
+    /// localhost. The Host header is unaffected.
+    #[arg(long, value_name = "NAME", requires = "tls")]
+    pub server_name: Option<String>,
     /// Concurrent workers (one connection each).
     #[arg(short, long, default_value_t = 32)]
     pub connections: usize,
@@ -156,6 +173,17 @@ impl Args {
                     .ok_or_else(|| format!("header {h:?} is not NAME: VALUE"))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let tls = if self.tls {
+            let cacert = self.cacert.as_ref().ok_or("--tls needs --cacert FILE")?;
+            let name = match (&self.server_name, &self.addr) {
+                (Some(name), _) => name.clone(),
+                (None, Some(addr)) => tls::default_server_name(addr),
+                (None, None) => "localhost".to_owned(),
+            };
+            Some(Tls::from_file(cacert, &name)?)
+        } else {
+            None
+        };
         let load = Load {
             connections: self.connections,
             mode: self.mode.into(),
@@ -172,6 +200,7 @@ impl Args {
                 before: self.window_before,
                 after: self.window_after,
             },
+            tls,
             ..Load::new(target)
         };
         load.validate()?;

@@ -44,10 +44,40 @@
 //! # }
 //! ```
 //!
+//! # HTTPS
+//!
+//! With [`Load::tls`] set (`loadgen --tls --cacert FILE`), every connection
+//! completes a TLS handshake before its first request, and counting stays as
+//! strict as over plain TCP:
+//!
+//! * the handshake is part of the request that opened the connection and of
+//!   its deadline; a failed handshake fails that request as
+//!   `tls_handshake_failed` and is never retried;
+//! * a server's `close_notify` followed by the TCP close is the same EOF as
+//!   a plain TCP close, and so is a TCP close without `close_notify`: a
+//!   keep-alive connection closed while idle fails the next request as
+//!   `closed_before_response` (or `reset`), exactly as without TLS;
+//! * only the given CA certificates are trusted, the certificate must name
+//!   [`Tls::server_name`], and ALPN offers only `http/1.1`.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), String> {
+//! # let ca_pem: Vec<u8> = Vec::new();
+//! let load = loadgen::Load {
+//!     tls: Some(loadgen::Tls::from_pem(&ca_pem, "localhost")?),
+//!     ..loadgen::Load::new("127.0.0.1:8443".parse::<std::net::SocketAddr>().unwrap())
+//! };
+//! let report = loadgen::run(load, tokio::time::sleep(std::time::Duration::from_secs(1))).await;
+//! assert_eq!(report.failed(), 0, "{}", report.summary());
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Outcomes
 //!
 //! `ok` (2xx, body read completely), `status_NNN` (any other complete
-//! response), `connect_refused`, `connect_error`, `reset`,
+//! response), `connect_refused`, `connect_error`, `tls_handshake_failed`,
+//! `reset`,
 //! `closed_before_response`, `closed_mid_body`, `timeout`, `protocol_error`,
 //! `io_error` (any other I/O error). See [`Outcome`].
 //!
@@ -61,13 +91,14 @@
 //! | key | meaning |
 //! | --- | --- |
 //! | `target`, `path`, `mode`, `connections`, `timeout_s` | the configuration |
+//! | `tls` | `true` for HTTPS ([`Load::tls`]), else `false` |
 //! | `duration_s` | wall time of the run, including the final drain |
 //! | `total`, `ok`, `failed` | exact counts; `failed = total - ok` |
 //! | `outcomes` | `{name: count}`; all outcomes above present, `status_NNN` when non-zero |
 //! | `statuses` | `{"200": count, ...}` for complete responses |
 //! | `rps` | `total / duration_s` |
 //! | `latency_us` | successful requests; `latency_all_us`: every request |
-//! | `connections_opened` | successful connects |
+//! | `connections_opened` | successful connects (with TLS: completed handshakes) |
 //! | `max_connections_per_worker` | the most connects by one worker (1: nobody reconnected) |
 //! | `workers_reconnected` | workers that opened more than one connection |
 //! | `think` | `{"min_s","max_s","seed"}` with [`Load::think`], else `null` |
@@ -94,12 +125,14 @@ mod outcome;
 mod parse;
 mod report;
 mod run;
+mod tls;
 mod worker;
 
 pub use events::Event;
 pub use outcome::Outcome;
 pub use report::{CapturedValue, EventReport, Latency, Report, RequestRecord, TimelineBucket};
 pub use run::{Handle, Progress, Running, run, start};
+pub use tls::Tls;
 
 /// Where requests are sent.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -312,12 +345,15 @@ pub struct Load {
     pub max_records: usize,
     /// Window reported around events.
     pub window: EventWindow,
+    /// Speak HTTPS: `None` (the default) sends plain HTTP. TLS needs a
+    /// [`Target::Tcp`] target.
+    pub tls: Option<Tls>,
 }
 
 impl Load {
     /// Defaults: 32 keep-alive connections, `GET /`, 10 s timeout, 1 ms
     /// failure pause, no think time, seed 0, no duration limit, up to 16 Mi
-    /// records (192 MiB).
+    /// records (192 MiB), plain HTTP.
     pub fn new(target: impl Into<Target>) -> Self {
         Load {
             target: target.into(),
@@ -333,6 +369,7 @@ impl Load {
             capture_header: None,
             max_records: 16 << 20,
             window: EventWindow::default(),
+            tls: None,
         }
     }
 
@@ -373,6 +410,12 @@ impl Load {
             if !is_token(name) {
                 return Err(format!("invalid capture header name {name:?}"));
             }
+        }
+        if let (Some(_), Target::Unix(path)) = (&self.tls, &self.target) {
+            return Err(format!(
+                "TLS over a unix socket ({}) is not supported: use a TCP target",
+                path.display()
+            ));
         }
         Ok(())
     }
@@ -480,6 +523,30 @@ mod tests {
             ..load()
         };
         assert!(backwards.validate().is_err());
+    }
+
+    #[test]
+    fn tls_needs_a_tcp_target() {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let ca = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        let tls = Tls::from_der(ca.der(), "localhost").expect("tls");
+        let https = Load {
+            tls: Some(tls.clone()),
+            ..load()
+        };
+        assert!(https.validate().is_ok());
+        // TLS changes nothing in the request itself.
+        assert_eq!(https.request_bytes(), load().request_bytes());
+        let e = Load {
+            tls: Some(tls),
+            ..Load::new(Target::Unix("/run/x.sock".into()))
+        }
+        .validate()
+        .expect_err("TLS over unix");
+        assert!(e.contains("/run/x.sock") && e.contains("TLS"), "{e}");
     }
 
     #[test]

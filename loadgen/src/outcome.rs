@@ -21,6 +21,12 @@ pub enum Outcome {
     ConnectRefused,
     /// `connect()` failed for any other reason.
     ConnectError,
+    /// The TCP connection was established but the TLS handshake on it
+    /// failed: the certificate did not verify against the trusted CAs or
+    /// the server name, no protocol version or cipher suite was shared, or
+    /// the server closed or reset the connection mid-handshake. A handshake
+    /// that outlasts the per-request deadline is a [`Outcome::Timeout`].
+    TlsHandshakeFailed,
     /// The peer reset the connection (`ECONNRESET`, `EPIPE`, `ECONNABORTED`)
     /// while the request was written or the response read.
     Reset,
@@ -41,10 +47,11 @@ pub enum Outcome {
 impl Outcome {
     /// Every outcome that is not tied to a particular status code, in the
     /// order reports list them.
-    pub const KINDS: [Outcome; 9] = [
+    pub const KINDS: [Outcome; 10] = [
         Outcome::Ok,
         Outcome::ConnectRefused,
         Outcome::ConnectError,
+        Outcome::TlsHandshakeFailed,
         Outcome::Reset,
         Outcome::ClosedBeforeResponse,
         Outcome::ClosedMidBody,
@@ -61,6 +68,7 @@ impl Outcome {
             Outcome::Status(code) => format!("status_{code}").into(),
             Outcome::ConnectRefused => "connect_refused".into(),
             Outcome::ConnectError => "connect_error".into(),
+            Outcome::TlsHandshakeFailed => "tls_handshake_failed".into(),
             Outcome::Reset => "reset".into(),
             Outcome::ClosedBeforeResponse => "closed_before_response".into(),
             Outcome::ClosedMidBody => "closed_mid_body".into(),
@@ -109,7 +117,7 @@ impl fmt::Display for Outcome {
 pub(crate) struct Code(pub(crate) u16);
 
 /// Number of distinct codes: statuses 0..=999 plus the failure kinds.
-pub(crate) const CODE_SPACE: usize = 1000 + 8;
+pub(crate) const CODE_SPACE: usize = 1000 + 9;
 
 impl Code {
     /// A complete response with `status`.
@@ -129,6 +137,7 @@ impl Code {
             Outcome::Timeout => 5,
             Outcome::ProtocolError => 6,
             Outcome::IoError => 7,
+            Outcome::TlsHandshakeFailed => 8,
             // Responses are encoded by status; never reached by callers.
             Outcome::Ok => return Code(200),
             Outcome::Status(s) => return Code::status(s),
@@ -153,6 +162,7 @@ impl Code {
             1004 => Outcome::ClosedMidBody,
             1005 => Outcome::Timeout,
             1006 => Outcome::ProtocolError,
+            1008 => Outcome::TlsHandshakeFailed,
             _ => Outcome::IoError,
         }
     }
@@ -183,5 +193,6 @@ mod tests {
         assert_eq!(Code::status(503).outcome(), Outcome::Status(503));
         assert_eq!(Code::status(503).http_status(), Some(503));
         assert_eq!(Outcome::Status(503).name(), "status_503");
+        assert_eq!(Outcome::TlsHandshakeFailed.name(), "tls_handshake_failed");
     }
 }

@@ -176,6 +176,8 @@ pub struct Report {
     path: String,
     timeout: Duration,
     capture_header: Option<String>,
+    /// The TLS server name, for HTTPS runs.
+    tls_server_name: Option<String>,
     started: Instant,
     started_unix_nanos: i128,
     elapsed: Duration,
@@ -268,6 +270,7 @@ impl Report {
             path: load.path.clone(),
             timeout: load.timeout,
             capture_header: load.capture_header.clone(),
+            tls_server_name: load.tls.as_ref().map(|t| t.server_name().to_owned()),
             started,
             started_unix_nanos: unix_nanos(started_at),
             elapsed,
@@ -338,6 +341,11 @@ impl Report {
             .collect()
     }
 
+    /// Whether the run spoke HTTPS ([`crate::Load::tls`]).
+    pub fn tls(&self) -> bool {
+        self.tls_server_name.is_some()
+    }
+
     /// Wall time of the run, from start until the last worker finished.
     pub fn elapsed(&self) -> Duration {
         self.elapsed
@@ -363,7 +371,8 @@ impl Report {
         Latency::from_histogram(&self.hist_all)
     }
 
-    /// Connections the workers opened (successful connects).
+    /// Connections the workers opened (successful connects; with TLS,
+    /// connects whose handshake completed).
     pub fn connections_opened(&self) -> u64 {
         self.connections_opened
     }
@@ -605,6 +614,9 @@ impl Report {
             self.path,
             self.elapsed.as_secs_f64()
         )?;
+        if let Some(name) = &self.tls_server_name {
+            writeln!(s, "  tls        on, server name {name}")?;
+        }
         writeln!(
             s,
             "  requests   {} total, {} ok, {} failed ({:.0} req/s, {} connections opened)",
@@ -784,6 +796,7 @@ impl Report {
             "path": self.path,
             "mode": self.mode.to_string(),
             "connections": self.connections,
+            "tls": self.tls(),
             "duration_s": self.elapsed.as_secs_f64(),
             "timeout_s": self.timeout.as_secs_f64(),
             "total": self.total(),

@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 use crate::conn::Conn;
 use crate::outcome::{CODE_SPACE, Code, Outcome};
 use crate::parse::{ParseError, Progress, ResponseParser};
+use crate::tls::Connector;
 use crate::{Load, Mode, Target, ThinkTime};
 
 /// Distinct captured header values tracked per run; further values are
@@ -57,6 +58,8 @@ pub(crate) struct CaptureStat {
 #[derive(Debug)]
 pub(crate) struct Plan {
     pub(crate) target: Target,
+    /// With HTTPS, the TLS connector every connection goes through.
+    pub(crate) tls: Option<Connector>,
     pub(crate) request: Vec<u8>,
     pub(crate) mode: Mode,
     pub(crate) timeout: Duration,
@@ -71,6 +74,7 @@ impl Plan {
     pub(crate) fn new(load: &Load, start: Instant) -> Plan {
         Plan {
             target: load.target.clone(),
+            tls: load.tls.as_ref().map(|t| t.connector()),
             request: load.request_bytes(),
             mode: load.mode,
             timeout: load.timeout,
@@ -259,22 +263,29 @@ fn worker_rng(seed: u64, index: usize) -> fastrand::Rng {
 
 impl Worker {
     /// Performs one request/response exchange, opening a connection first if
-    /// there is none. Leaves `conn` as `None` whenever the connection cannot
-    /// carry another request.
+    /// there is none (with TLS, the handshake is part of opening it, and of
+    /// the request's time). Leaves `conn` as `None` whenever the connection
+    /// cannot carry another request.
     async fn exchange(&mut self, conn: &mut Option<Conn>) -> Code {
         self.parser.reset();
         self.buf.clear();
         let c = match conn {
             Some(c) => c,
-            None => match Conn::connect(&self.plan.target).await {
+            None => match Conn::connect(&self.plan.target, self.plan.tls.as_ref()).await {
                 Ok(c) => {
                     self.result.connections_opened += 1;
                     conn.insert(c)
                 }
-                Err(e) => return Code::failure(Outcome::from_connect(&e)),
+                Err(outcome) => return Code::failure(outcome),
             },
         };
-        if let Err(e) = c.write_all(&self.plan.request).await {
+        // The flush is a no-op on plain sockets; TLS may still hold part of
+        // the request's records when the write returns.
+        let written = match c.write_all(&self.plan.request).await {
+            Ok(()) => c.flush().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
             *conn = None;
             return Code::failure(Outcome::from_io(&e));
         }

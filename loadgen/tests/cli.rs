@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{Behavior, Stats, refused_addr, serve};
+use common::{Behavior, Stats, TestPki, refused_addr, serve, serve_tls};
 use serde_json::Value;
 
 fn loadgen() -> Command {
@@ -72,6 +72,7 @@ async fn run_writes_json_with_events() {
 
     let j = read_json(&json);
     assert_eq!(j["mode"], "keepalive");
+    assert_eq!(j["tls"], false);
     assert_eq!(j["connections"], 3);
     assert_eq!(j["failed"], 0);
     assert_eq!(j["ok"], Stats::get(&server.stats.answered));
@@ -232,4 +233,115 @@ async fn bad_think_time_is_a_usage_error() {
         assert_eq!(out.status.code(), Some(2), "--think {bad}: {stderr}");
         assert!(stderr.contains("think time"), "--think {bad}: {stderr}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_run_with_cacert() {
+    let pki = TestPki::new();
+    let server = serve_tls(Behavior::Normal, pki.server.clone()).await;
+    let ca = scratch("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).expect("write CA");
+    let json = scratch("tls.json");
+
+    // An IP address: the server name defaults to localhost.
+    let mut cmd = loadgen();
+    cmd.args(["--addr", &server.addr.to_string(), "-c", "2"])
+        .args(["--duration", "300ms", "--tls", "--cacert"])
+        .arg(&ca)
+        .args([
+            "--fail-on-error",
+            "--min-ok",
+            "10",
+            "--max-connections",
+            "2",
+        ])
+        .arg("--json")
+        .arg(&json);
+    let out = output(cmd).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("tls        on, server name localhost"),
+        "{stderr}"
+    );
+    let j = read_json(&json);
+    assert_eq!(j["tls"], true);
+    assert_eq!(j["failed"], 0);
+    assert_eq!(j["ok"], Stats::get(&server.stats.answered));
+    assert_eq!(j["connections_opened"], 2);
+
+    // A name the certificate does not carry: every request fails, counted.
+    let json = scratch("tls-wrong-name.json");
+    let mut cmd = loadgen();
+    cmd.args(["--addr", &server.addr.to_string(), "-c", "1"])
+        .args([
+            "--duration",
+            "100ms",
+            "--tls",
+            "--server-name",
+            "other.test",
+        ])
+        .arg("--cacert")
+        .arg(&ca)
+        .args(["-q", "--fail-on-error"])
+        .arg("--json")
+        .arg(&json);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(1));
+    let j = read_json(&json);
+    assert_eq!(j["ok"], 0);
+    assert!(j["total"].as_u64().expect("total") > 0, "{j}");
+    assert_eq!(j["outcomes"]["tls_handshake_failed"], j["total"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_usage_errors_exit_2() {
+    let missing = scratch("no-such-ca.pem");
+    let not_pem = scratch("not-a-ca.pem");
+    std::fs::write(&not_pem, "hello\n").expect("write");
+    let cases: Vec<(Vec<String>, String)> = vec![
+        (vec!["--tls".into()], "--cacert".into()),
+        (
+            vec!["--cacert".into(), not_pem.display().to_string()],
+            "--tls".into(),
+        ),
+        (
+            vec![
+                "--tls".into(),
+                "--cacert".into(),
+                missing.display().to_string(),
+            ],
+            missing.display().to_string(),
+        ),
+        (
+            vec![
+                "--tls".into(),
+                "--cacert".into(),
+                not_pem.display().to_string(),
+            ],
+            format!("{}: no PEM CERTIFICATE", not_pem.display()),
+        ),
+    ];
+    for (args, expected) in cases {
+        let mut cmd = loadgen();
+        cmd.args(["--addr", "127.0.0.1:1", "--duration", "1s"])
+            .args(&args);
+        let out = output(cmd).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(&expected), "{args:?}: {stderr}");
+    }
+    // No TLS over unix sockets.
+    let mut cmd = loadgen();
+    cmd.args([
+        "--unix",
+        "/tmp/x.sock",
+        "--duration",
+        "1s",
+        "--tls",
+        "--cacert",
+    ])
+    .arg(&not_pem);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(2));
 }
