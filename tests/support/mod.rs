@@ -38,6 +38,10 @@ pub struct Systemd {
     pub fd_store_max: Option<usize>,
     /// The fd store: what services sent with `FDSTORE=1` and have not removed, by `FDNAME=`.
     store: Mutex<Vec<(String, OwnedFd)>>,
+    /// A second listening socket, passed as `https` after `http` ([`Systemd::with_https`]).
+    pub https: Option<(TcpListener, SocketAddr)>,
+    /// Extra variables for every service process (e.g. `CREDENTIALS_DIRECTORY`).
+    pub env: Vec<(String, String)>,
 }
 
 pub struct Service {
@@ -62,6 +66,8 @@ impl Systemd {
             credentials: None,
             fd_store_max: None,
             store: Mutex::new(Vec::new()),
+            https: None,
+            env: Vec::new(),
         };
         systemd.write_config("");
         systemd
@@ -74,6 +80,19 @@ impl Systemd {
             fd_store_max: Some(max),
             ..Systemd::new()
         }
+    }
+
+    /// A harness that also holds a socket named `https`, as `seamless-https.socket` would.
+    pub fn with_https(mut self) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local addr");
+        self.https = Some((listener, addr));
+        self
+    }
+
+    /// The `https` socket's address.
+    pub fn https_addr(&self) -> SocketAddr {
+        self.https.as_ref().expect("a harness made with_https").1
     }
 
     /// How many fds named `name` the store holds.
@@ -148,9 +167,15 @@ impl Systemd {
     pub fn start(&self) -> Service {
         let store = self.store.lock().expect("store lock");
         let mut names = vec!["http"];
+        // After fd 3 (`http`): the `https` listener, then what the store holds.
+        let mut more: Vec<RawFd> = Vec::new();
+        if let Some((https, _)) = &self.https {
+            names.push("https");
+            more.push(https.as_raw_fd());
+        }
         names.extend(store.iter().map(|(name, _)| name.as_str()));
         let (count, names) = (names.len().to_string(), names.join(":"));
-        let stored: Vec<RawFd> = store.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
+        more.extend(store.iter().map(|(_, fd)| fd.as_raw_fd()));
         let max = self.fd_store_max.map(|max| max.to_string());
         let mut env = vec![
             ("LISTEN_FDS", count.as_str()),
@@ -159,7 +184,8 @@ impl Systemd {
         if let Some(max) = &max {
             env.push(("FDSTORE", max));
         }
-        self.spawn(&env, true, stored)
+        env.extend(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        self.spawn(&env, true, more)
     }
 
     /// Starts `seamless serve` with these extra variables. `$$` of the wrapper shell becomes

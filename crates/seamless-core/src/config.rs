@@ -240,15 +240,68 @@ pub struct HttpConfig {
 pub struct TlsConfig {
     /// PEM file with the certificate chain, leaf first. A relative path names a credential
     /// (`LoadCredential=`) when systemd passed any, else a file in the working directory.
-    /// Unset by default: no HTTPS. Changes live on reload.
+    /// `""` (the default): no HTTPS. Changes live on reload.
+    #[serde(with = "unset_if_empty")]
     pub certificate: Option<PathBuf>,
     /// PEM file with the private key (PKCS#8, RSA or SEC1), resolved like `certificate`.
     /// Changes live on reload.
+    #[serde(with = "unset_if_empty")]
     pub key: Option<PathBuf>,
     /// Address bound for HTTPS when no socket is passed in by systemd (`cargo run`,
-    /// containers). Unset by default. Takes effect on restart only; under socket activation
-    /// the socket unit decides.
+    /// containers); `""` (the default): none. Takes effect on restart only; under socket
+    /// activation the socket unit decides.
+    #[serde(with = "unset_if_empty")]
     pub listen: Option<SocketAddr>,
+}
+
+/// `""` stands for "not set": TOML has no null, and `print-config` shows every key.
+mod unset_if_empty {
+    use std::net::SocketAddr;
+    use std::path::PathBuf;
+
+    use serde::{Deserialize as _, Deserializer, Serializer};
+
+    /// A value written as a string.
+    pub(super) trait Text: Sized {
+        fn parse(text: &str) -> Result<Self, String>;
+        fn text(&self) -> String;
+    }
+
+    impl Text for PathBuf {
+        fn parse(text: &str) -> Result<Self, String> {
+            Ok(PathBuf::from(text))
+        }
+        fn text(&self) -> String {
+            self.display().to_string()
+        }
+    }
+
+    impl Text for SocketAddr {
+        fn parse(text: &str) -> Result<Self, String> {
+            text.parse()
+                .map_err(|e| format!("{text:?} is not an address and port: {e}"))
+        }
+        fn text(&self) -> String {
+            self.to_string()
+        }
+    }
+
+    pub(super) fn serialize<T: Text, S: Serializer>(
+        value: &Option<T>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&value.as_ref().map(Text::text).unwrap_or_default())
+    }
+
+    pub(super) fn deserialize<'de, T: Text, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<T>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        if text.is_empty() {
+            return Ok(None);
+        }
+        T::parse(&text).map(Some).map_err(serde::de::Error::custom)
+    }
 }
 
 /// `[shutdown]`: how a stop drains connections.
