@@ -27,7 +27,9 @@
 #         upgrade and removal: an upgrade restarts NAME.service and never
 #         stops or restarts NAME.socket (that would close the listening
 #         socket and reset queued connections); install enables the socket;
-#         removal stops it. Purge is checked by reading postrm, not run. The
+#         removal stops it; neither install nor upgrade touches
+#         NAME-https.socket (shipped disabled: it needs a certificate first).
+#         Purge is checked by reading postrm, not run. The
 #         stand-ins report no running service, so the upgrade in place that
 #         replaces the restart is left to the e2e suite (tests/e2e).
 #   both  the shipped units: `systemd-analyze verify` prints nothing (it exits
@@ -35,7 +37,10 @@
 #         `systemd-analyze security --offline=yes` exposure is at most 0.5;
 #         with the shipped example drop-in that allows outbound connections
 #         (/usr/share/doc/NAME/examples/outbound.conf) verify still prints
-#         nothing and the exposure is at most 1.5.
+#         nothing and the exposure is at most 1.5; with the one for HTTPS
+#         (examples/https.conf) verify prints nothing and the exposure stays
+#         at most 0.5. The units are NAME.socket, NAME-https.socket and
+#         NAME.service.
 #   both  the package ships the drop-in directory /etc/NAME/NAME.d/ (with a README)
 #         (neither cargo-deb nor cargo-generate-rpm can package an empty
 #         directory, so postinst / %post make it; purge / erase remove it).
@@ -55,8 +60,8 @@ NAME=$(sed -n '/^\[package\]/,/^\[/s/^name = "\(.*\)"/\1/p' "$HERE/../Cargo.toml
 readonly NAME
 [[ -n $NAME ]] || { echo "no [package] name in $HERE/../Cargo.toml" >&2; exit 2; }
 # Regular expressions matching the unit names.
-readonly SOCKET_RE="$NAME\\.socket" SERVICE_RE="$NAME\\.service"
-readonly UNITS=("$NAME.socket" "$NAME.service")
+readonly SOCKET_RE="$NAME\\.socket" SERVICE_RE="$NAME\\.service" HTTPS_SOCKET_RE="$NAME-https\\.socket"
+readonly UNITS=("$NAME.socket" "$NAME-https.socket" "$NAME.service")
 # Actions that, applied to the socket during an upgrade, close it.
 readonly SOCKET_BREAKING='(stop|restart|try-restart|reload-or-restart|try-reload-or-restart|condrestart|force-reload|kill|disable|mask|reenable)'
 
@@ -165,6 +170,13 @@ expect_call() {
 	if grep -Eq -- "$regex" "$work/sim.log"; then ok "$what"; else fail "$what (no call matching /$regex/)"; fi
 }
 
+# expect_no_call WHAT REGEX: no recorded call matches.
+expect_no_call() {
+	local what=$1 regex=$2 bad
+	bad=$(grep -E -- "$regex" "$work/sim.log" || true)
+	if [[ -z $bad ]]; then ok "$what"; else fail "$what: $bad"; fi
+}
+
 expect_no_socket_breakage() {
 	local what=$1 bad
 	bad=$(grep -E -- "(^| )$SOCKET_BREAKING( .*)? '?$SOCKET_RE" "$work/sim.log" || true)
@@ -183,6 +195,7 @@ check_deb_scripts() {
 	printf '      fresh install calls:\n'; sim_show
 	expect_call "deb install enables $NAME.socket" "^deb-systemd-helper enable .*$SOCKET_RE|^systemctl .*enable .*$SOCKET_RE"
 	expect_call "deb install starts $NAME.socket" "^(deb-systemd-invoke|systemctl) .*start .*$SOCKET_RE"
+	expect_no_call "deb install neither enables nor starts $NAME-https.socket" "$HTTPS_SOCKET_RE"
 	# Listed first, then searched: `grep -q` quits at the first match, and with pipefail the
 	# listing's broken pipe would count as a failure.
 	local contents
@@ -204,6 +217,7 @@ check_deb_scripts() {
 	run_script "$ctl/postinst" -e configure "$old_version"
 	printf '      upgrade calls:\n'; sim_show
 	expect_no_socket_breakage "deb upgrade leaves $NAME.socket open"
+	expect_no_call "deb upgrade leaves $NAME-https.socket alone" "$HTTPS_SOCKET_RE"
 	expect_call "deb upgrade restarts $NAME.service" "^(deb-systemd-invoke|systemctl) .*(restart|try-restart) .*$SERVICE_RE"
 
 	sim_begin
@@ -234,6 +248,7 @@ check_rpm_scripts() {
 	run_script "$work/rpm-POSTIN" '' 1
 	printf '      fresh install calls:\n'; sim_show
 	expect_call "rpm install presets $NAME.socket" "^systemctl .*preset .*$SOCKET_RE"
+	expect_no_call "rpm install neither presets nor starts $NAME-https.socket" "$HTTPS_SOCKET_RE"
 	local config_files
 	config_files=$(rpm -qpc "$rpm_file" 2>/dev/null)
 	if grep -qx "/etc/$NAME/$NAME.d/README" <<<"$config_files"; then
@@ -252,6 +267,7 @@ check_rpm_scripts() {
 	run_script "$work/rpm-POSTUN" '' 1
 	printf '      upgrade calls:\n'; sim_show
 	expect_no_socket_breakage "rpm upgrade leaves $NAME.socket open"
+	expect_no_call "rpm upgrade leaves $NAME-https.socket alone" "$HTTPS_SOCKET_RE"
 	expect_call "rpm upgrade restarts $NAME.service" "^systemctl .*(restart|try-restart) .*$SERVICE_RE"
 
 	sim_begin
@@ -285,29 +301,31 @@ check_units() {
 	fi
 	score_exposure "$label ($(systemd_version systemd-analyze))" "$MAX_EXPOSURE" \
 		systemd-analyze security --offline=yes --root="$root" "$NAME.service"
-	check_outbound_example "$pkgdir" "$label" "$root"
+	check_example "$pkgdir" "$label" "$root" outbound.conf "$MAX_EXPOSURE_OUTBOUND"
+	check_example "$pkgdir" "$label" "$root" https.conf "$MAX_EXPOSURE"
 }
 
-# check_outbound_example PKGDIR LABEL ROOT: the documented drop-in that lets
-# the service connect out, applied as an administrator would (ROOT is
-# check_units' tree): verify stays silent, the exposure stays moderate.
-check_outbound_example() {
-	local pkgdir=$1 label=$2 root=$3 example out dropins
-	example=usr/share/doc/$NAME/examples/outbound.conf
+# check_example PKGDIR LABEL ROOT FILE MAX: a documented drop-in for the
+# service (outbound.conf lets it connect out, https.conf hands it the TLS key),
+# applied as an administrator would (ROOT is check_units' tree): verify stays
+# silent, the exposure stays at most MAX.
+check_example() {
+	local pkgdir=$1 label=$2 root=$3 file=$4 max=$5 example out dropins
+	example=usr/share/doc/$NAME/examples/$file
 	if [[ ! -f $pkgdir/$example ]]; then
 		fail "$label does not ship /$example"
 		return
 	fi
 	dropins=$root/etc/systemd/system/$NAME.service.d
 	mkdir -p "$dropins"
-	cp "$pkgdir/$example" "$dropins/outbound.conf"
+	cp "$pkgdir/$example" "$dropins/$file"
 	if out=$(MANPATH=$root/usr/share/man systemd-analyze verify --root="$root" \
 		"${UNITS[@]/#/$root/usr/lib/systemd/system/}" 2>&1) && [[ -z $out ]]; then
 		ok "$label + /$example: systemd-analyze verify is silent"
 	else
 		fail "$label + /$example: systemd-analyze verify: ${out:-non-zero exit}"
 	fi
-	score_exposure "$label + outbound.conf ($(systemd_version systemd-analyze))" "$MAX_EXPOSURE_OUTBOUND" \
+	score_exposure "$label + $file ($(systemd_version systemd-analyze))" "$max" \
 		systemd-analyze security --offline=yes --root="$root" "$NAME.service"
 	rm -rf "$dropins"
 }
@@ -352,8 +370,12 @@ check_units_in_root() {
 	fi
 	score_exposure "$dir ($version)" "$MAX_EXPOSURE" \
 		chroot "$ovl/root" systemd-analyze security --offline=yes "/usr/lib/systemd/system/$NAME.service"
-	local example=usr/share/doc/$NAME/examples/outbound.conf
-	if [[ -f $pkgdir/$example ]]; then
+	local example file max
+	for file in outbound.conf https.conf; do
+		example=usr/share/doc/$NAME/examples/$file
+		max=$MAX_EXPOSURE_OUTBOUND
+		[[ $file == https.conf ]] && max=$MAX_EXPOSURE
+		[[ -f $pkgdir/$example ]] || continue
 		mkdir -p "$ovl/root/etc/systemd/system/$NAME.service.d"
 		cp "$pkgdir/$example" "$ovl/root/etc/systemd/system/$NAME.service.d/"
 		if out=$(chroot "$ovl/root" systemd-analyze verify --man=no \
@@ -362,9 +384,10 @@ check_units_in_root() {
 		else
 			fail "$dir + /$example: systemd-analyze verify ($version): ${out:-non-zero exit}"
 		fi
-		score_exposure "$dir + outbound.conf ($version)" "$MAX_EXPOSURE_OUTBOUND" \
+		score_exposure "$dir + $file ($version)" "$max" \
 			chroot "$ovl/root" systemd-analyze security --offline=yes "$NAME.service"
-	fi
+		rm -f "$ovl/root/etc/systemd/system/$NAME.service.d/$file"
+	done
 	umount "$ovl/root"
 	mounts=("${mounts[@]:1}")
 }
