@@ -26,12 +26,13 @@
 #                  both containers share the host network and port 8080
 #   --core         only the core scenarios: install, socket activation,
 #                  synchronous and failing reloads, restarts under load,
-#                  package upgrade, binary upgrade, purge (no journal fields,
+#                  package upgrade, binary upgrade, HTTPS, purge (no journal fields,
 #                  failed binary upgrade, SIGHUP storm, crash, watchdog, stop
 #                  or rpm)
 #
 # Environment: E2E_PORT (default 8080, the packaged socket's) when 8080 is
-# taken on this host; E2E_SUITE_TIMEOUT, E2E_CMD_TIMEOUT (seconds).
+# taken on this host, E2E_HTTPS_PORT (default 8443, the packaged HTTPS
+# socket's) likewise; E2E_SUITE_TIMEOUT, E2E_CMD_TIMEOUT (seconds).
 #
 # Output: one "ok - ..." or "FAIL - ..." line per check, then
 # "N passed, M failed"; the exit status is non-zero when a check failed.
@@ -45,7 +46,7 @@ REPO=$(cd "$HERE/../.." && pwd)
 # and the units are named after it.
 NAME=$(sed -n '/^\[package\]/,/^\[/s/^name = "\(.*\)"/\1/p' "$REPO/Cargo.toml")
 [[ -n $NAME ]] || { echo "run.sh: no [package] name in $REPO/Cargo.toml" >&2; exit 2; }
-readonly NAME SERVICE=$NAME.service SOCKET=$NAME.socket
+readonly NAME SERVICE=$NAME.service SOCKET=$NAME.socket HTTPS_SOCKET=$NAME-https.socket
 # The kernel keeps the first 15 bytes of a process name (journal field _COMM).
 readonly COMM=${NAME:0:15}
 # shellcheck source=lib.sh
@@ -59,6 +60,10 @@ source "$HERE/scenarios.sh"
 readonly PACKAGED_PORT=8080
 readonly ADDR=127.0.0.1:${E2E_PORT:-$PACKAGED_PORT}
 readonly PORT_DROPIN=/etc/systemd/system/$SOCKET.d/e2e-port.conf
+# The packaged HTTPS socket's address (scenario_https enables it for a while);
+# E2E_HTTPS_PORT moves it the same way.
+readonly PACKAGED_HTTPS_PORT=8443
+readonly HTTPS_ADDR=127.0.0.1:${E2E_HTTPS_PORT:-$PACKAGED_HTTPS_PORT}
 readonly MACHINES_DIR=${E2E_MACHINES_DIR:-/var/lib/machines}
 readonly LOG_ROOT=$REPO/e2e-logs
 # Upper bound for any single command run inside a container.
@@ -69,8 +74,9 @@ DEB='' DEB_UPGRADE='' RPM='' LOADGEN='' STALL_BIN='' DISTS=() CORE=0
 # reported as a failure) even if some step hangs in a way no timeout caught.
 readonly SUITE_TIMEOUT=${E2E_SUITE_TIMEOUT:-1200}
 SCENARIO_PID='' WATCHDOG_PID='' SUMMARY_PRINTED=0
-# Per-distribution state, set by run_dist.
-DIST=suite CT='' LOG_DIR=''
+# Per-distribution state, set by run_dist; CERTS is where scenario_https
+# makes its certificates on the host.
+DIST=suite CT='' LOG_DIR='' CERTS=''
 RESULTS=''
 
 usage() {
@@ -156,9 +162,9 @@ snapshot_failure() {
 	file=$LOG_DIR/failure-$n-$(printf '%s' "$desc" | tr -cs 'A-Za-z0-9' '-' | cut -c1-60).log
 	{
 		printf '# %s: %s\n\n' "$DIST" "$desc"
-		in_ct systemctl status --no-pager --full "$SOCKET" "$SERVICE" 2>&1 || true
+		in_ct systemctl status --no-pager --full "$SOCKET" "$HTTPS_SOCKET" "$SERVICE" 2>&1 || true
 		printf '\n# journal\n'
-		in_ct journalctl --no-pager -o short-monotonic -u "$SOCKET" -u "$SERVICE" 2>&1 || true
+		in_ct journalctl --no-pager -o short-monotonic -u "$SOCKET" -u "$HTTPS_SOCKET" -u "$SERVICE" 2>&1 || true
 	} >"$file" 2>&1
 	printf '#   log: %s\n' "${file#"$REPO"/}"
 }
@@ -197,20 +203,22 @@ port_in_use() {
 
 LOAD_PIDS=() LOAD_REPORTS=()
 
-# load_start TAG EVENTS-FILE: keep-alive and connection-close clients at
-# once, each counting every request, with no retries, until load_stop.
-# EVENTS-FILE collects "NANOS LABEL" lines (restarts, upgrade) so the reports
-# show what happened around each of them.
+# load_start TAG EVENTS-FILE [ADDR LOADGEN-OPTION...]: keep-alive and
+# connection-close clients at once, each counting every request, with no
+# retries, until load_stop. EVENTS-FILE collects "NANOS LABEL" lines
+# (restarts, upgrade) so the reports show what happened around each of them.
+# ADDR defaults to $ADDR; the options go to loadgen as they are (--tls ...).
 load_start() {
-	local tag=$1 events=$2 mode
+	local tag=$1 events=$2 addr=${3:-$ADDR} mode
+	local extra=("${@:4}")
 	LOAD_PIDS=() LOAD_REPORTS=()
 	for mode in keepalive close; do
 		local report=$LOG_DIR/load-$tag-$mode.json
 		rm -f "$report"
 		(
 			e2e_close_lock_fds
-			exec "$LOADGEN" --addr "$ADDR" --connections 16 --mode "$mode" \
-				--events "$events" --json "$report"
+			exec "$LOADGEN" --addr "$addr" --connections 16 --mode "$mode" \
+				--events "$events" --json "$report" "${extra[@]}"
 		) >"$LOG_DIR/load-$tag-$mode.log" 2>&1 &
 		LOAD_PIDS+=("$!")
 		LOAD_REPORTS+=("$report")
@@ -299,6 +307,7 @@ run_dist() {
 	DIST=$1
 	CT=$NAME-e2e-$DIST
 	LOG_DIR=$LOG_ROOT/$DIST
+	CERTS=$LOG_DIR/tls
 	rm -rf "$LOG_DIR"
 	mkdir -p "$LOG_DIR"
 	E2E_CONSOLE_DIR=$LOG_DIR
@@ -328,7 +337,7 @@ run_dist() {
 		local fn
 		for fn in scenario_socket_activation scenario_reload scenario_restart_under_load \
 			scenario_keep_connections scenario_upgrade_under_load \
-			scenario_binary_upgrade_under_load scenario_purge; do
+			scenario_binary_upgrade_under_load scenario_https scenario_purge; do
 			run_scenario "$fn"
 		done
 	else
@@ -345,7 +354,7 @@ run_dist() {
 		else
 			printf '# %s: watchdog stall scenario skipped (no --stall-binary given)\n' "$DIST"
 		fi
-		for fn in scenario_stop scenario_purge; do
+		for fn in scenario_https scenario_stop scenario_purge; do
 			run_scenario "$fn"
 		done
 		if [[ $DIST == trixie ]]; then
@@ -438,6 +447,11 @@ main() {
 	((EUID == 0)) || die "must run as root (systemd-nspawn)"
 	command -v curl >/dev/null || die "curl is required on the host"
 	command -v python3 >/dev/null || die "python3 is required on the host"
+	# scenario_https makes its certificates and reads the served one.
+	if ! command -v openssl >/dev/null; then
+		apt-get -o DPkg::Lock::Timeout=600 update -q >&2
+		apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends openssl >&2
+	fi
 
 	# Two suites on one host would fight over port 8080 and the container
 	# names; the second one waits.

@@ -1092,3 +1092,245 @@ scenario_binary_upgrade_fails() {
 	check "... with a new main process that answers GET /version" \
 		expect_eq "GET /version pid" "$(unit_prop "$SERVICE" MainPID)" "$(version_pid || true)"
 }
+
+# --- HTTPS ($NAME-https.socket) ------------------------------------------------
+
+readonly TLS_DIR=/etc/$NAME/tls
+readonly TLS_SERVICE_DROPIN=/etc/systemd/system/$SERVICE.d/https.conf
+readonly TLS_CONFIG_DROPIN=/etc/$NAME/$NAME.d/tls.toml
+readonly HTTPS_PORT_DROPIN=/etc/systemd/system/$HTTPS_SOCKET.d/e2e-port.conf
+
+# make_certs DIR: on the host, a CA and three leaf certificates it signs, all
+# for localhost and 127.0.0.1: cert.pem (serial 1001, key.pem), its renewal
+# cert-renewed.pem (serial 1002, the same key, as `certbot renew --reuse-key`
+# makes) and cert-other-key.pem (serial 1003, another key: a mismatch with
+# key.pem).
+make_certs() {
+	local dir=$1
+	rm -rf "$dir"
+	mkdir -p "$dir"
+	cat >"$dir/openssl.cnf" <<-'CNF'
+		[req]
+		distinguished_name = dn
+		prompt = no
+		[dn]
+		CN = e2e
+		[ca]
+		basicConstraints = critical, CA:TRUE
+		keyUsage = critical, keyCertSign, cRLSign
+		subjectKeyIdentifier = hash
+		[leaf]
+		subjectAltName = DNS:localhost, IP:127.0.0.1
+		basicConstraints = critical, CA:FALSE
+		keyUsage = critical, digitalSignature
+		extendedKeyUsage = serverAuth
+		subjectKeyIdentifier = hash
+		authorityKeyIdentifier = keyid
+	CNF
+	local key
+	for key in ca.key key.pem other-key.pem; do
+		openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$dir/$key"
+	done
+	openssl req -x509 -new -config "$dir/openssl.cnf" -extensions ca -key "$dir/ca.key" \
+		-subj "/CN=$NAME e2e CA" -days 3 -set_serial 1 -out "$dir/ca.pem"
+	make_leaf "$dir" key.pem 0x1001 cert.pem
+	make_leaf "$dir" key.pem 0x1002 cert-renewed.pem
+	make_leaf "$dir" other-key.pem 0x1003 cert-other-key.pem
+}
+
+make_leaf() {
+	local dir=$1 key=$2 serial=$3 out=$4
+	openssl req -new -config "$dir/openssl.cnf" -key "$dir/$key" -subj /CN=localhost \
+		-out "$dir/$out.csr"
+	openssl x509 -req -in "$dir/$out.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" \
+		-set_serial "$serial" -days 3 -extfile "$dir/openssl.cnf" -extensions leaf \
+		-out "$dir/$out" 2>/dev/null
+}
+
+# GET PATH over HTTPS from the host, trusting only the test CA; extra curl
+# options before it. Prints the body, then "HTTP_VERSION" on the last line.
+https_get() {
+	local path=$1
+	shift
+	curl --fail --silent --show-error --max-time 10 --cacert "$CERTS/ca.pem" \
+		--resolve "localhost:${HTTPS_ADDR##*:}:${HTTPS_ADDR%:*}" \
+		--write-out '\n%{http_version}' "$@" "https://localhost:${HTTPS_ADDR##*:}$path"
+}
+
+# The serial of the certificate a new TLS connection is served.
+served_serial() {
+	timeout 10 openssl s_client -connect "$HTTPS_ADDR" -servername localhost </dev/null 2>/dev/null |
+		openssl x509 -noout -serial
+}
+
+# install_cert FILE: the certificate at its configured path, as an
+# administrator (or a deploy hook) replaces it: a new file renamed over it.
+install_cert() {
+	e2e_copy_in "$CT" "$CERTS/$1" "$TLS_DIR/cert.pem.new"
+	in_ct sh -ec "chmod 0644 $TLS_DIR/cert.pem.new; mv -f $TLS_DIR/cert.pem.new $TLS_DIR/cert.pem"
+}
+
+# tls_load_totals TAG: after load_stop, every report of the run must be a TLS
+# one with at least MIN_OK successful requests. Prints
+# "requests/failed/connections" per mode.
+tls_load_totals() {
+	local tag=$1 mode report problems=() got tls ok failed
+	for mode in keepalive close; do
+		report=$LOG_DIR/load-$tag-$mode.json
+		got=$(json_fields "$report" tls total ok failed connections_opened 2>&1) || got="unreadable: $got"
+		printf '%s: tls/total/ok/failed/connections %s\n' "$mode" "$got"
+		IFS=/ read -r tls _ ok failed _ <<<"$got"
+		[[ $tls == True ]] || problems+=("$mode: not a TLS report (tls=$tls)")
+		[[ $failed == 0 ]] || problems+=("$mode: $failed failed")
+		[[ $ok =~ ^[0-9]+$ ]] && ((ok >= HTTPS_MIN_OK)) ||
+			problems+=("$mode: only $ok successful requests (at least $HTTPS_MIN_OK expected)")
+	done
+	((${#problems[@]} == 0)) || { printf '%s\n' "${problems[@]}"; return 1; }
+}
+
+# https_remove: disables the HTTPS socket and removes what scenario_https
+# installed; the service keeps the socket it has until its next restart.
+https_remove() {
+	in_ct systemctl disable --now "$HTTPS_SOCKET" >/dev/null 2>&1 || true
+	in_ct rm -rf "$TLS_SERVICE_DROPIN" "$TLS_CONFIG_DROPIN" "$TLS_DIR" "${HTTPS_PORT_DROPIN%/*}" || true
+	in_ct rmdir --ignore-fail-on-non-empty "${TLS_SERVICE_DROPIN%/*}" || true
+	in_ct systemctl daemon-reload || true
+}
+
+# Under load, each run's keep-alive and close clients together must get at
+# least this many answers: the restarts must not stop traffic for long.
+readonly HTTPS_MIN_OK=500
+
+# HTTPS as the README sets it up: the certificate by an absolute path, the
+# key through LoadCredential=, the HTTPS socket started with the service. Both
+# protocols answer, a renewed certificate goes live on `systemctl reload`, a
+# certificate for another key is refused and the old one keeps serving, and
+# restarts and binary upgrades under TLS load fail no request.
+scenario_https() {
+	if (exec 3<>"/dev/tcp/${HTTPS_ADDR%:*}/${HTTPS_ADDR##*:}") 2>/dev/null; then
+		fail "https: $HTTPS_ADDR is free on this host" \
+			"$(ss -Hltnp "sport = :${HTTPS_ADDR##*:}" 2>&1)" "(E2E_HTTPS_PORT=N moves the HTTPS socket)"
+		return 0
+	fi
+	make_certs "$CERTS" >"$LOG_DIR/certs.log" 2>&1 ||
+		{ fail "https: test certificates made with openssl" "$(cat "$LOG_DIR/certs.log")"; return 0; }
+
+	check "$HTTPS_SOCKET is shipped but neither enabled nor active" \
+		expect_eq "is-enabled/ActiveState" "disabled/inactive" \
+		"$(in_ct systemctl is-enabled "$HTTPS_SOCKET" || true)/$(unit_prop "$HTTPS_SOCKET" ActiveState)"
+
+	# The README's steps.
+	in_ct install -d -m 0755 "$TLS_DIR"
+	e2e_copy_in "$CT" "$CERTS/cert.pem" "$TLS_DIR/cert.pem"
+	e2e_copy_in "$CT" "$CERTS/key.pem" "$TLS_DIR/key.pem"
+	in_ct chmod 0644 "$TLS_DIR/cert.pem"
+	in_ct chmod 0600 "$TLS_DIR/key.pem"
+	in_ct install -D -m 0644 "/usr/share/doc/$NAME/examples/https.conf" "$TLS_SERVICE_DROPIN"
+	put_file "$TLS_CONFIG_DROPIN" "[tls]"$'\n'"certificate = \"$TLS_DIR/cert.pem\""$'\n''key = "tls.key"'$'\n'
+	if [[ ${HTTPS_ADDR##*:} != "$PACKAGED_HTTPS_PORT" ]]; then
+		put_file "$HTTPS_PORT_DROPIN" "[Socket]"$'\n'"ListenStream="$'\n'"ListenStream=$HTTPS_ADDR"$'\n'
+	fi
+	# Whatever stops this scenario, the scenarios after it get the default
+	# installation back.
+	trap 'https_remove; in_ct systemctl restart "$SERVICE" || true' EXIT
+	in_ct systemctl daemon-reload
+	check "systemctl enable $HTTPS_SOCKET" succeeds in_ct systemctl enable "$HTTPS_SOCKET"
+	local cursor pid
+	cursor=$(journal_cursor)
+	check "systemctl restart $SERVICE starts $HTTPS_SOCKET with it (the drop-in's Wants=)" \
+		succeeds in_ct systemctl restart "$SERVICE"
+	check "$HTTPS_SOCKET and $SERVICE are active" \
+		expect_eq "ActiveState" "active/active" \
+		"$(unit_prop "$HTTPS_SOCKET" ActiveState)/$(unit_prop "$SERVICE" ActiveState)"
+	check "systemd (PID 1) holds the HTTPS listening socket $HTTPS_ADDR" \
+		expect_match "listening sockets" '"systemd",pid=1,' \
+		"$(in_ct ss -Hltnp "sport = :${HTTPS_ADDR##*:}")"
+	pid=$(unit_prop "$SERVICE" MainPID)
+
+	local out
+	out=$(https_get / --http1.1 2>&1) || true
+	check "HTTPS over HTTP/1.1 answers (curl --cacert, $(tail -n1 <<<"$out"))" \
+		expect_eq "http_version" 1.1 "$(tail -n1 <<<"$out")"
+	out=$(https_get / --http2 2>&1) || true
+	check "HTTPS over HTTP/2 answers (ALPN h2, $(tail -n1 <<<"$out"))" \
+		expect_eq "http_version" 2 "$(tail -n1 <<<"$out")"
+	check "plain HTTP on $ADDR still answers" succeeds http_get /
+	check "the journal since the restart has no \"proceeding without\" (LoadCredential= applied)" \
+		expect_no_match "journal" 'proceeding without' \
+		"$(in_ct journalctl --no-pager -o cat --after-cursor="$cursor")"
+	check "the certificate served is the installed one (serial 1001)" \
+		expect_eq "serial" serial=1001 "$(served_serial 2>&1)"
+
+	# Renewal with the same key: a reload takes it.
+	install_cert cert-renewed.pem
+	check "renewed certificate (same key): systemctl reload exits 0" \
+		succeeds in_ct systemctl reload "$SERVICE"
+	check "... a new connection is served the renewed certificate (serial 1002)" \
+		expect_eq "serial" serial=1002 "$(served_serial 2>&1)"
+
+	# A certificate for another key: refused, the renewed one keeps serving.
+	install_cert cert-other-key.pem
+	local rc=0 status
+	cursor=$(journal_cursor)
+	out=$(in_ct systemctl reload "$SERVICE" 2>&1) || rc=$?
+	check "certificate for another key: systemctl reload exits non-zero" expect_ne "exit status" 0 "$rc"
+	status=$(in_ct systemctl status --no-pager --full --lines=20 "$SERVICE" 2>&1 || true)
+	check "... and systemctl reload or status names the key mismatch" \
+		expect_match "systemctl reload output + status" 'does not match the certificate' "$out"$'\n'"$status"
+	check "... the service logged it at error priority" \
+		expect_match "journal entry naming the mismatch at PRIORITY<=3" . \
+		"$(journal_entry "$(journal_json_after "$cursor" "--unit=$SERVICE")" \
+			'*~does not match the certificate' "_COMM~^$COMM\$" 'PRIORITY~^[0-3]$' || true)"
+	check "... the unit is back to active" wait_until 5 unit_state_is "$SERVICE" active
+	check "... a new connection is still served the renewed certificate (serial 1002)" \
+		expect_eq "serial" serial=1002 "$(served_serial 2>&1)"
+	install_cert cert-renewed.pem
+	check "the good certificate restored: systemctl reload exits 0" \
+		succeeds in_ct systemctl reload "$SERVICE"
+	check "reloads kept the same main process" expect_eq "MainPID" "$pid" "$(unit_prop "$SERVICE" MainPID)"
+	local metric=${NAME//-/_}_tls_certificate_expiry_seconds
+	check "/metrics has $metric for $TLS_DIR/cert.pem" \
+		expect_match "/metrics" "^$metric\\{certificate=\"$TLS_DIR/cert\\.pem\"\\} [0-9]" \
+		"$(http_get /metrics 2>&1)"
+
+	# Restarts and binary upgrades under TLS load.
+	local events=$LOG_DIR/events-https-restart.txt totals load_rc=0 problems counts
+	local tls_load=("$HTTPS_ADDR" --tls --cacert "$CERTS/ca.pem" --server-name localhost)
+	: >"$events"
+	load_start https-restart "$events" "${tls_load[@]}"
+	problems=$(restart_loop 10 "$events")
+	totals=$(load_stop 2>&1) || load_rc=$?
+	check "10 x systemctl restart with HTTPS: each succeeded with a new main process" \
+		expect_empty "problems" "$problems"
+	counts=$(tls_load_totals https-restart 2>&1) || load_rc=1
+	if ((load_rc == 0)); then
+		pass "10 x systemctl restart under TLS keep-alive + close load: 0 failed requests ($totals; $(tr '\n' ';' <<<"$counts"))"
+	else
+		fail "10 x systemctl restart under TLS keep-alive + close load: 0 failed requests" \
+			"$totals"$'\n'"$counts"$'\n'"$(load_failure_summary)"
+	fi
+
+	events=$LOG_DIR/events-https-upgrade.txt load_rc=0
+	: >"$events"
+	load_start https-upgrade "$events" "${tls_load[@]}"
+	problems=$(for n in 101 102 103 104 105; do upgrade_once "$n" "$events"; done)
+	totals=$(load_stop 2>&1) || load_rc=$?
+	check "5 x $NAME upgrade with HTTPS: each exits 0 and hands over" expect_empty "problems" "$problems"
+	counts=$(tls_load_totals https-upgrade 2>&1) || load_rc=1
+	if ((load_rc == 0)); then
+		pass "5 x $NAME upgrade under TLS keep-alive + close load: 0 failed requests ($totals; $(tr '\n' ';' <<<"$counts"))"
+	else
+		fail "5 x $NAME upgrade under TLS keep-alive + close load: 0 failed requests" \
+			"$totals"$'\n'"$counts"$'\n'"$(load_failure_summary)"
+	fi
+	check "after the upgrades the HTTPS socket still serves the renewed certificate" \
+		expect_eq "serial" serial=1002 "$(served_serial 2>&1)"
+
+	# Back to the default installation for the scenarios after this one.
+	trap - EXIT
+	https_remove
+	check "HTTPS removed again: systemctl restart $SERVICE" succeeds in_ct systemctl restart "$SERVICE"
+	check "... nothing listens on $HTTPS_ADDR, plain HTTP answers" \
+		expect_eq "listeners on :${HTTPS_ADDR##*:} / GET /" "0/ok" \
+		"$(in_ct ss -Hltn "sport = :${HTTPS_ADDR##*:}" | wc -l)/$(http_get / >/dev/null 2>&1 && echo ok)"
+}
