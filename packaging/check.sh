@@ -225,8 +225,14 @@ check_deb_scripts() {
 	run_script "$ctl/postrm" -e remove
 	printf '      removal calls:\n'; sim_show
 	expect_call "deb removal stops $NAME.socket" "^(deb-systemd-invoke|systemctl) .*stop .*$SOCKET_RE"
+	expect_call "deb removal stops $NAME-https.socket" "^(deb-systemd-invoke|systemctl) .*stop .*$HTTPS_SOCKET_RE"
 
 	# Purge deletes files, so it is read rather than run.
+	if grep -Eq "sockets\.target\.wants/$HTTPS_SOCKET_RE" "$ctl/postrm" 2>/dev/null; then
+		ok "deb purge drops $NAME-https.socket's enablement link"
+	else
+		fail "deb postrm does not remove $NAME-https.socket from sockets.target.wants"
+	fi
 	if grep -Eq "deb-systemd-helper purge .*$SOCKET_RE" "$ctl/postrm" 2>/dev/null; then
 		ok "deb purge drops $NAME.socket's enablement state"
 	else
@@ -275,6 +281,7 @@ check_rpm_scripts() {
 	run_script "$work/rpm-POSTUN" '' 0
 	printf '      erase calls:\n'; sim_show
 	expect_call "rpm erase stops $NAME.socket" "^systemctl .*(stop|disable --now) .*$SOCKET_RE"
+	expect_call "rpm erase stops $NAME-https.socket" "^systemctl .*(stop|disable --now) .*$HTTPS_SOCKET_RE"
 }
 
 # --- units -------------------------------------------------------------------
