@@ -39,7 +39,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::Notify;
 
 use crate::drain::Watch;
-use crate::generation::Generation;
+use crate::generation::{Generation, Routed};
 use crate::keep::Store;
 use crate::routes::{self, Shared};
 use crate::timer::ConnectionTimer;
@@ -481,16 +481,16 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Handler {
                 self.peer.clone(),
             )
         });
+        // Routed before boxing, so the box holds the router's future and not a copy of the
+        // request beside it.
+        let routed = match routes::builtin(&request, &serving.shared) {
+            Some(response) => Routed::answered(response),
+            None => current.route(request.map(|body| Tracked::body(body, &self.exchange))),
+        };
         Box::pin(async move {
+            let mut response = routed.await;
             let exchange = &in_flight.0;
             let shared = &serving.shared;
-            let mut response = match routes::builtin(&request, shared) {
-                Some(response) => response,
-                None => {
-                    let request = request.map(|body| Tracked::body(body, exchange));
-                    current.route(request).await
-                }
-            };
             let close = version <= Version::HTTP_11 && exchange.closes(&serving);
             routes::finish(&mut response, shared, &current.header, close);
             if version <= Version::HTTP_11 && has_close(response.headers().get(header::CONNECTION))

@@ -1,21 +1,23 @@
 //! One configuration generation, ready to serve: what a connection needs, swapped as a whole
 //! on reload.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderValue, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::future::RouteFuture;
 use http_body_util::Limited;
 use hyper::body::Body as _;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use tower::ServiceExt;
+use tower::Service as _;
 
 use crate::config::Config;
 use crate::tls::Tls;
@@ -70,46 +72,102 @@ impl Generation {
     ///
     /// The same as tower-http's `RequestBodyLimitLayer` and `TimeoutLayer`, done here rather
     /// than as router layers: layers wrap every route, and each request then pays for cloning
-    /// and boxing the layered services, which bare-axum throughput comparisons notice.
-    pub(crate) async fn route(&self, request: Request<Body>) -> Response {
-        let limit = self.config.http.max_body_bytes;
-        let declared = request
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|length| length > limit as u64) {
-            return too_large();
-        }
-        // Only a body that is there needs its length watched.
+    /// and boxing the layered services, which bare-axum throughput comparisons notice. The
+    /// returned future owns what it needs and holds the router's future once, so the
+    /// connection's boxed response future stays small (see [`Routed`]).
+    pub(crate) fn route(&self, request: Request<Body>) -> Routed {
+        // Only a body that is there needs its length checked and watched.
         let request = if request.body().is_end_stream() {
             request
         } else {
+            let limit = self.config.http.max_body_bytes;
+            let declared = request
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            if declared.is_some_and(|length| length > limit as u64) {
+                return Routed::answered(too_large());
+            }
             request.map(|body| Body::new(Limited::new(body, limit)))
         };
-        let answer = self.router.clone().oneshot(request);
-        match within(self.config.http.request_timeout, answer).await {
-            Some(Ok(response)) => response,
-            None => StatusCode::REQUEST_TIMEOUT.into_response(),
+        // axum's router is always ready (`poll_ready` has nothing to wait for), so it is
+        // called directly; cloning it clones an `Arc`.
+        let mut router = self.router.clone();
+        Routed::Routing {
+            answer: router.call(request),
+            limit: self.config.http.request_timeout,
+            timer: None,
         }
     }
 }
 
-/// `future`'s output, or `None` if it is not ready within `limit`. Unlike
-/// `tokio::time::timeout`, the timer starts only once the future first has to wait: most
-/// handlers answer on their first poll, and then no clock is read and no timer is set up at
-/// all. The difference to counting from the request's arrival is the handler's first
-/// synchronous stretch, which no timer could interrupt anyway.
-async fn within<F: Future>(limit: Duration, future: F) -> Option<F::Output> {
-    let mut future = std::pin::pin!(future);
-    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(output) = future.as_mut().poll(cx) {
-            return Poll::Ready(Some(output));
+pin_project_lite::pin_project! {
+    /// A request's response: ready at once (a built-in route, `413`), or the router's, replaced
+    /// by `408` when not ready within `http.request_timeout`.
+    ///
+    /// Written out rather than as an `async fn`: an `async fn` keeps the request, the router's
+    /// future and the timer each in a slot of its own, and the connection boxes the result
+    /// for every request: past about 1 KiB the allocator leaves its fast path and the copy
+    /// into the box grows with it, which bare-axum throughput comparisons notice.
+    #[project = RoutedProjection]
+    pub(crate) enum Routed {
+        /// Answered without the router.
+        Answered {
+            // Taken when polled.
+            response: Option<Response>,
+        },
+        /// The router's future, under the request timeout.
+        Routing {
+            #[pin]
+            answer: RouteFuture<Infallible>,
+            limit: Duration,
+            // Started only once the router's future first has to wait: most handlers answer
+            // on their first poll, and then no clock is read and no timer set up at all. The
+            // difference to counting from the request's arrival is the handler's first
+            // synchronous stretch, which no timer could interrupt anyway.
+            timer: Option<Pin<Box<tokio::time::Sleep>>>,
+        },
+    }
+}
+
+impl Routed {
+    /// A response that needs no router.
+    pub(crate) fn answered(response: Response) -> Self {
+        Routed::Answered {
+            response: Some(response),
         }
-        let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-        timer.as_mut().poll(cx).map(|()| None)
-    })
-    .await
+    }
+}
+
+impl Future for Routed {
+    type Output = Response;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Response> {
+        match self.project() {
+            RoutedProjection::Answered { response } => {
+                // Polled again after `Ready` only by a caller's bug; an empty 500 beats a panic.
+                Poll::Ready(
+                    response
+                        .take()
+                        .unwrap_or_else(|| StatusCode::INTERNAL_SERVER_ERROR.into_response()),
+                )
+            }
+            RoutedProjection::Routing {
+                answer,
+                limit,
+                timer,
+            } => {
+                if let Poll::Ready(Ok(response)) = answer.poll(cx) {
+                    return Poll::Ready(response);
+                }
+                let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(*limit)));
+                timer
+                    .as_mut()
+                    .poll(cx)
+                    .map(|()| StatusCode::REQUEST_TIMEOUT.into_response())
+            }
+        }
+    }
 }
 
 /// `413`, as tower-http's body limit answers it.

@@ -13,7 +13,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::body::{Body, Bytes};
-use axum::http::{HeaderValue, Method, Request, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, Method, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::identity::Identity;
@@ -115,6 +115,10 @@ pub(crate) fn builtin<B>(request: &Request<B>, shared: &Shared) -> Option<Respon
     })
 }
 
+/// The header naming the configuration generation that answered. A constant: a name given as
+/// `&str` is parsed and allocated again for every response.
+static CONFIG_GENERATION: HeaderName = HeaderName::from_static("x-config-generation");
+
 /// What the server does to every response: counts it, tags it with the config generation
 /// that served it, and — when `close` is set (the drain closes this HTTP/1 connection) — asks
 /// the client to close the connection after it, whatever the application set. That last part
@@ -132,7 +136,7 @@ pub(crate) fn finish(
 ) {
     shared.metrics.response(response.status().as_u16());
     let headers = response.headers_mut();
-    headers.insert("x-config-generation", generation.clone());
+    headers.insert(CONFIG_GENERATION.clone(), generation.clone());
     if close {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
