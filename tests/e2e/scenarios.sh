@@ -806,7 +806,9 @@ scenario_rpm() {
 	check "rpm scriptlets: %post presets the units on first install" \
 		expect_match "scripts" "preset $NAME\.socket" "$scripts"
 	check "rpm scriptlets: %preun disables and stops the units on removal" \
-		expect_match "scripts" "disable --now $NAME\.socket" "$scripts"
+		expect_match "scripts" "disable --now ($NAME-https\.socket )?$NAME\.socket" "$scripts"
+	check "rpm scriptlets: %preun also stops and disables the HTTPS socket on removal" \
+		expect_match "scripts" "disable --now $NAME-https\.socket" "$scripts"
 	check "rpm scriptlets: %post upgrades the running service in place on upgrade" \
 		expect_match "scripts" "$NAME upgrade --pid" "$scripts"
 	check "rpm scriptlets: %post restarts only the service when it cannot" \
