@@ -220,7 +220,7 @@ impl Tls {
             certificate: certificate.to_owned(),
             names: leaf.names,
             serial: leaf.serial,
-            not_after: leaf.not_after,
+            not_after: leaf.not_after.0,
             chain,
         })
     }
@@ -330,11 +330,13 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 
 /// What the service needs from the leaf certificate.
 struct Leaf {
+    /// Its DNS names, lower case.
     names: Vec<String>,
+    /// Its serial number, in hex.
     serial: String,
+    /// Its validity, in seconds since the epoch, and as the certificate says it (for errors).
     not_before: (i64, String),
-    not_after: i64,
-    not_after_text: String,
+    not_after: (i64, String),
 }
 
 impl Leaf {
@@ -368,8 +370,10 @@ impl Leaf {
                 validity.not_before.timestamp(),
                 validity.not_before.to_string(),
             ),
-            not_after: validity.not_after.timestamp(),
-            not_after_text: validity.not_after.to_string(),
+            not_after: (
+                validity.not_after.timestamp(),
+                validity.not_after.to_string(),
+            ),
         })
     }
 
@@ -377,12 +381,15 @@ impl Leaf {
         let now = now
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-        let (path, not_before, not_after) = (
-            path.to_owned(),
-            self.not_before.1.clone(),
-            self.not_after_text.clone(),
-        );
-        if now > self.not_after {
+        let dates = || {
+            (
+                path.to_owned(),
+                self.not_before.1.clone(),
+                self.not_after.1.clone(),
+            )
+        };
+        if now > self.not_after.0 {
+            let (path, not_before, not_after) = dates();
             return Err(TlsError::Expired {
                 path,
                 not_before,
@@ -390,6 +397,7 @@ impl Leaf {
             });
         }
         if now < self.not_before.0 {
+            let (path, not_before, not_after) = dates();
             return Err(TlsError::NotYetValid {
                 path,
                 not_before,
