@@ -136,6 +136,29 @@ impl Https {
         connect(self.systemd.https_addr(), &self.connector(alpn), name).await
     }
 
+    /// Starts 8 HTTPS clients in `mode`, trusting the test CA, until the returned sender fires.
+    fn load(
+        &self,
+        mode: Mode,
+    ) -> (
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<loadgen::Report>,
+    ) {
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let tls = loadgen::Tls::from_pem(self.ca.pem().as_bytes(), "localhost").expect("CA");
+        let load = Load {
+            connections: 8,
+            mode,
+            timeout: Duration::from_secs(10),
+            tls: Some(tls),
+            ..Load::new(self.systemd.https_addr())
+        };
+        let task = tokio::spawn(loadgen::run(load, async {
+            let _ = stop_rx.await;
+        }));
+        (stop_tx, task)
+    }
+
     /// The leaf certificate a new handshake gets.
     async fn serving(&self) -> CertificateDer<'static> {
         let stream = self.connect("localhost", &[]).await.expect("handshake");
@@ -531,17 +554,7 @@ async fn restarts_under_tls_load_fail_nothing() {
     let https = Https::with(Systemd::with_fd_store(64), |ca| ca.leaf(&key, 1), "");
     let mut service = https.systemd.start_ready().await;
     for mode in [Mode::KeepAlive, Mode::Close] {
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let load = Load {
-            connections: 8,
-            mode,
-            timeout: Duration::from_secs(10),
-            tls: Some(loadgen::Tls::from_pem(https.ca.pem().as_bytes(), "localhost").expect("CA")),
-            ..Load::new(https.systemd.https_addr())
-        };
-        let load = tokio::spawn(loadgen::run(load, async {
-            let _ = stop_rx.await;
-        }));
+        let (stop_tx, load) = https.load(mode);
         for _ in 0..3 {
             tokio::time::sleep(Duration::from_millis(300)).await;
             service.signal(Signal::SIGTERM);
@@ -585,17 +598,7 @@ async fn upgrades_under_tls_load_fail_nothing() {
     let first = https.systemd.start_ready().await;
     let mut pid = first.pid;
     for mode in [Mode::KeepAlive, Mode::Close] {
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let load = Load {
-            connections: 8,
-            mode,
-            timeout: Duration::from_secs(10),
-            tls: Some(loadgen::Tls::from_pem(https.ca.pem().as_bytes(), "localhost").expect("CA")),
-            ..Load::new(https.systemd.https_addr())
-        };
-        let load = tokio::spawn(loadgen::run(load, async {
-            let _ = stop_rx.await;
-        }));
+        let (stop_tx, load) = https.load(mode);
         tokio::time::sleep(Duration::from_millis(300)).await;
         let output = tokio::task::block_in_place(|| {
             std::process::Command::new(support::BIN)
