@@ -18,7 +18,6 @@
 //! A connection that cannot stop cleanly at a boundary (bytes read ahead, a request body left
 //! unread, the client asking to close) closes gently too. HTTP/2 connections get GOAWAY.
 
-use std::cell::RefCell;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
@@ -31,7 +30,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use axum::body::Body;
-use axum::http::{HeaderValue, Method, Version, header};
+use axum::http::{HeaderValue, Version, header};
 use axum::response::Response;
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::body::{Frame, Incoming, SizeHint};
@@ -40,7 +39,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::Notify;
 
 use crate::drain::Watch;
-use crate::generation::{Current, Generation, Routed};
+use crate::generation::{Generation, Routed};
 use crate::keep::Store;
 use crate::routes::{self, Shared};
 use crate::timer::ConnectionTimer;
@@ -77,7 +76,7 @@ pub(crate) struct Serving {
 }
 
 /// Serves one connection until it ends, is kept or closed by the drain, or the process exits.
-pub(crate) async fn serve(mut stream: Stream, peer: Peer, serving: Arc<Serving>, watch: Watch) {
+pub(crate) async fn serve(mut stream: Stream, peer: Peer, serving: Arc<Serving>, mut watch: Watch) {
     // The fd store holds sockets, not TLS sessions: a TLS connection always drains.
     let keepable = !matches!(stream, Stream::Tls(_));
     // Connection settings come from the generation current at accept time; each request
@@ -171,7 +170,7 @@ async fn drain_unread(
         tokio::time::timeout(linger, detect(&mut stream, &mut read)).await
     {
         let io = Prefixed::new(read, stream);
-        let conn = http1(io, settings, &Arc::new(Exchange::closing(serving)), peer);
+        let conn = http1(io, serving, settings, &Arc::new(Exchange::closing()), peer);
         let _ = close_gently(conn, settings).await;
     }
 }
@@ -188,9 +187,9 @@ async fn serve_http2(
     peer: &Peer,
     serving: &Arc<Serving>,
     settings: &Generation,
-    watch: Watch,
+    mut watch: Watch,
 ) -> hyper::Result<()> {
-    let handler = Handler::new(&Arc::new(Exchange::new(serving)), peer);
+    let handler = Handler::new(serving, &Arc::new(Exchange::default()), peer);
     let conn = settings.http2.serve_connection(TokioIo::new(io), handler);
     tokio::pin!(conn);
     tokio::select! {
@@ -212,28 +211,28 @@ async fn serve_http1(
     peer: &Peer,
     serving: &Arc<Serving>,
     settings: &Generation,
-    watch: Watch,
+    mut watch: Watch,
 ) -> hyper::Result<()> {
     // Closing is decided from the start for a connection that cannot be kept; it shows only
     // once the drain begins.
     let exchange = Arc::new(if keepable {
-        Exchange::new(serving)
+        Exchange::default()
     } else {
-        Exchange::closing(serving)
+        Exchange::closing()
     });
-    let mut conn = http1(io, settings, &exchange, peer);
+    let mut conn = http1(io, serving, settings, &exchange, peer);
     tokio::select! {
         // The connection first: bytes already read (protocol detection read the start of a
         // request) must reach hyper before the drain decides, or the request would count as
         // read ahead and the connection could not be kept.
         biased;
         result = &mut conn => {
-            exchange.ended();
+            exchange.ended(serving);
             return result;
         }
         () = watch.started() => {}
     }
-    let Some(store) = exchange.keeps() else {
+    let Some(store) = exchange.keeps(serving) else {
         // No room, or a response already went out with `Connection: close`.
         return close_gently(conn, settings).await;
     };
@@ -299,7 +298,7 @@ async fn keep_or_close(
         }
     }
     let io = Prefixed::new(unread, stream);
-    let conn = http1(io, settings, &Arc::new(Exchange::closing(serving)), peer);
+    let conn = http1(io, serving, settings, &Arc::new(Exchange::closing()), peer);
     let _ = close_gently(conn, settings).await;
 }
 
@@ -315,9 +314,15 @@ async fn close_gently(mut conn: Http1, settings: &Generation) -> hyper::Result<(
     }
 }
 
-/// hyper's HTTP/1 connection over `io`, with `settings`, answering for `exchange`.
-fn http1(io: Prefixed, settings: &Generation, exchange: &Arc<Exchange>, peer: &Peer) -> Http1 {
-    let handler = Handler::new(exchange, peer);
+/// hyper's HTTP/1 connection over `io`, answering with `serving`.
+fn http1(
+    io: Prefixed,
+    serving: &Arc<Serving>,
+    settings: &Generation,
+    exchange: &Arc<Exchange>,
+    peer: &Peer,
+) -> Http1 {
+    let handler = Handler::new(serving, exchange, peer);
     // Each connection gets its own timer for hyper's header-read timeout (see `timer`).
     let mut builder = settings.http1.clone();
     builder.timer(ConnectionTimer::default());
@@ -326,10 +331,8 @@ fn http1(io: Prefixed, settings: &Generation, exchange: &Arc<Exchange>, peer: &P
 
 /// A connection's requests as the drain sees them: how many are in progress, whether the
 /// connection could be reused, and whether the drain keeps or closes it.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Exchange {
-    /// What the connection is served with.
-    serving: Arc<Serving>,
     /// Requests whose response has not been handed to hyper yet.
     in_flight: AtomicUsize,
     /// Requests started so far.
@@ -351,21 +354,9 @@ const KEEP: u8 = 1;
 const CLOSE: u8 = 2;
 
 impl Exchange {
-    /// The exchange of a new connection.
-    fn new(serving: &Arc<Serving>) -> Self {
-        Exchange {
-            serving: serving.clone(),
-            in_flight: AtomicUsize::new(0),
-            started: AtomicU64::new(0),
-            fate: AtomicU8::new(OPEN),
-            not_reusable: AtomicBool::new(false),
-            idle: Notify::new(),
-        }
-    }
-
     /// An exchange the drain already decided to close.
-    fn closing(serving: &Arc<Serving>) -> Self {
-        let exchange = Exchange::new(serving);
+    fn closing() -> Self {
+        let exchange = Exchange::default();
         exchange.fate.store(CLOSE, Ordering::Release);
         exchange
     }
@@ -373,8 +364,7 @@ impl Exchange {
     /// Whether the drain keeps this connection, decided on first asking: by the connection
     /// when it sees the drain start, or by a response that goes out before that (the drain
     /// flag is set first). Keeping takes a place in the store, returned with it.
-    fn keeps(&self) -> Option<Arc<Store>> {
-        let serving = &self.serving;
+    fn keeps(&self, serving: &Serving) -> Option<Arc<Store>> {
         if self.fate.load(Ordering::Acquire) == OPEN {
             let placed = place_in_store(serving);
             let fate = self.decide(if placed { KEEP } else { CLOSE });
@@ -386,9 +376,9 @@ impl Exchange {
     }
 
     /// The connection ended on its own: a place a response took for it goes back.
-    fn ended(&self) {
+    fn ended(&self, serving: &Serving) {
         if self.fate.load(Ordering::Acquire) == KEEP {
-            self.serving.store.release();
+            serving.store.release();
         }
     }
 
@@ -405,9 +395,9 @@ impl Exchange {
 
     /// Whether a response going out now must carry `Connection: close`: during the drain,
     /// unless the connection is kept.
-    fn closes(&self) -> bool {
+    fn closes(&self, serving: &Serving) -> bool {
         // A place taken here is held until the connection task uses or returns it.
-        self.serving.shared.draining() && self.keeps().is_none()
+        serving.shared.draining() && self.keeps(serving).is_none()
     }
 
     fn in_flight(&self) -> usize {
@@ -447,24 +437,26 @@ impl Drop for InFlight {
 }
 
 /// Answers a connection's requests: the built-in routes, then the application's router.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Handler {
+    serving: Arc<Serving>,
     exchange: Arc<Exchange>,
     peer: Peer,
-    /// The generation this connection serves with, followed to the live one per request. A
-    /// `RefCell`, as hyper calls the handler through `&self`, from the connection's task only.
-    current: RefCell<Current>,
 }
 
 impl Handler {
-    fn new(exchange: &Arc<Exchange>, peer: &Peer) -> Self {
+    fn new(serving: &Arc<Serving>, exchange: &Arc<Exchange>, peer: &Peer) -> Self {
         Handler {
-            current: RefCell::new(Current::new(exchange.serving.live.load_full())),
+            serving: serving.clone(),
             exchange: exchange.clone(),
             peer: peer.clone(),
         }
     }
 }
+
+/// A response on its way. Boxed, because hyper can hand an HTTP/1 socket back only when the
+/// service and its futures are `Unpin`.
+type Responding = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
 impl hyper::service::Service<hyper::Request<Incoming>> for Handler {
     type Response = Response;
@@ -477,93 +469,47 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Handler {
         if version <= Version::HTTP_11 && !keeps_alive(&request) {
             self.exchange.not_reusable();
         }
-        let serving = &self.exchange.serving;
+        let current = self.serving.live.load_full();
+        let serving = self.serving.clone();
         // Per-request logging costs allocations; pay for them only when it is on.
-        let logged = tracing::enabled!(tracing::Level::DEBUG).then(|| Logged {
-            started: Instant::now(),
-            method: request.method().clone(),
-            path: request.uri().path().to_owned(),
-            peer: self.peer.clone(),
+        let logged = tracing::enabled!(tracing::Level::DEBUG).then(|| {
+            let path = request.uri().path().to_owned();
+            (
+                Instant::now(),
+                request.method().clone(),
+                path,
+                self.peer.clone(),
+            )
         });
-        let mut current = self.current.borrow_mut();
-        current.follow(&serving.live);
+        // Routed before boxing, so the box holds the router's future and not a copy of the
+        // request beside it.
         let routed = match routes::builtin(&request, &serving.shared) {
             Some(response) => Routed::answered(response),
             None => current.route(request.map(|body| Tracked::body(body, &self.exchange))),
         };
-        Responding {
-            routed,
-            version,
-            then: Some(Then {
-                in_flight,
-                header: current.header(),
-                logged,
-            }),
-        }
-    }
-}
-
-/// A response on its way: the route's answer, then what the server does to every response.
-///
-/// A future of its own rather than a boxed `async` block: hyper can hand an HTTP/1 socket
-/// back only when the handler's futures are `Unpin`, and a box per request (with a copy of
-/// the future into it) is what the `async` block would need for that.
-struct Responding {
-    routed: Routed,
-    version: Version,
-    /// Taken when the response is ready.
-    then: Option<Then>,
-}
-
-/// What a response needs once it is ready.
-struct Then {
-    in_flight: InFlight,
-    /// `x-config-generation`.
-    header: HeaderValue,
-    logged: Option<Logged>,
-}
-
-/// What the per-request debug line says, kept only while it is enabled.
-struct Logged {
-    started: Instant,
-    method: Method,
-    path: String,
-    peer: Peer,
-}
-
-impl Future for Responding {
-    type Output = Result<Response, Infallible>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut response = ready!(Pin::new(&mut self.routed).poll(cx));
-        let Some(Then {
-            in_flight,
-            header: generation,
-            logged,
-        }) = self.then.take()
-        else {
-            // Polled again after `Ready`: a caller's bug, answered like `Routed` answers it.
-            return Poll::Ready(Ok(response));
-        };
-        let exchange = &in_flight.0;
-        let http1 = self.version <= Version::HTTP_11;
-        let close = http1 && exchange.closes();
-        routes::finish(&mut response, &exchange.serving.shared, generation, close);
-        if http1 && has_close(response.headers().get(header::CONNECTION)) {
-            exchange.not_reusable();
-        }
-        drop(in_flight);
-        if let Some(logged) = logged {
-            tracing::debug!(
-                peer = &*logged.peer.0,
-                method = %logged.method,
-                path = logged.path,
-                status = response.status().as_u16(),
-                elapsed_us = u64::try_from(logged.started.elapsed().as_micros()).unwrap_or(u64::MAX),
-                "request"
-            );
-        }
-        Poll::Ready(Ok(response))
+        Box::pin(async move {
+            let mut response = routed.await;
+            let exchange = &in_flight.0;
+            let shared = &serving.shared;
+            let close = version <= Version::HTTP_11 && exchange.closes(&serving);
+            routes::finish(&mut response, shared, &current.header, close);
+            if version <= Version::HTTP_11 && has_close(response.headers().get(header::CONNECTION))
+            {
+                exchange.not_reusable();
+            }
+            drop(in_flight);
+            if let Some((started, method, path, peer)) = logged {
+                tracing::debug!(
+                    peer = &*peer.0,
+                    %method,
+                    path,
+                    status = response.status().as_u16(),
+                    elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                    "request"
+                );
+            }
+            Ok(response)
+        })
     }
 }
 
