@@ -18,6 +18,7 @@
 //! A connection that cannot stop cleanly at a boundary (bytes read ahead, a request body left
 //! unread, the client asking to close) closes gently too. HTTP/2 connections get GOAWAY.
 
+use std::cell::RefCell;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
@@ -30,7 +31,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use axum::body::Body;
-use axum::http::{HeaderValue, Version, header};
+use axum::http::{HeaderValue, Method, Version, header};
 use axum::response::Response;
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::body::{Frame, Incoming, SizeHint};
@@ -39,7 +40,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::Notify;
 
 use crate::drain::Watch;
-use crate::generation::{Generation, Routed};
+use crate::generation::{Current, Generation, Routed};
 use crate::keep::Store;
 use crate::routes::{self, Shared};
 use crate::timer::ConnectionTimer;
@@ -76,7 +77,7 @@ pub(crate) struct Serving {
 }
 
 /// Serves one connection until it ends, is kept or closed by the drain, or the process exits.
-pub(crate) async fn serve(mut stream: Stream, peer: Peer, serving: Arc<Serving>, mut watch: Watch) {
+pub(crate) async fn serve(mut stream: Stream, peer: Peer, serving: Arc<Serving>, watch: Watch) {
     // The fd store holds sockets, not TLS sessions: a TLS connection always drains.
     let keepable = !matches!(stream, Stream::Tls(_));
     // Connection settings come from the generation current at accept time; each request
@@ -170,7 +171,7 @@ async fn drain_unread(
         tokio::time::timeout(linger, detect(&mut stream, &mut read)).await
     {
         let io = Prefixed::new(read, stream);
-        let conn = http1(io, serving, settings, &Arc::new(Exchange::closing()), peer);
+        let conn = http1(io, settings, &Arc::new(Exchange::closing(serving)), peer);
         let _ = close_gently(conn, settings).await;
     }
 }
@@ -187,9 +188,9 @@ async fn serve_http2(
     peer: &Peer,
     serving: &Arc<Serving>,
     settings: &Generation,
-    mut watch: Watch,
+    watch: Watch,
 ) -> hyper::Result<()> {
-    let handler = Handler::new(serving, &Arc::new(Exchange::default()), peer);
+    let handler = Handler::new(&Arc::new(Exchange::new(serving)), peer);
     let conn = settings.http2.serve_connection(TokioIo::new(io), handler);
     tokio::pin!(conn);
     tokio::select! {
@@ -211,28 +212,28 @@ async fn serve_http1(
     peer: &Peer,
     serving: &Arc<Serving>,
     settings: &Generation,
-    mut watch: Watch,
+    watch: Watch,
 ) -> hyper::Result<()> {
     // Closing is decided from the start for a connection that cannot be kept; it shows only
     // once the drain begins.
     let exchange = Arc::new(if keepable {
-        Exchange::default()
+        Exchange::new(serving)
     } else {
-        Exchange::closing()
+        Exchange::closing(serving)
     });
-    let mut conn = http1(io, serving, settings, &exchange, peer);
+    let mut conn = http1(io, settings, &exchange, peer);
     tokio::select! {
         // The connection first: bytes already read (protocol detection read the start of a
         // request) must reach hyper before the drain decides, or the request would count as
         // read ahead and the connection could not be kept.
         biased;
         result = &mut conn => {
-            exchange.ended(serving);
+            exchange.ended();
             return result;
         }
         () = watch.started() => {}
     }
-    let Some(store) = exchange.keeps(serving) else {
+    let Some(store) = exchange.keeps() else {
         // No room, or a response already went out with `Connection: close`.
         return close_gently(conn, settings).await;
     };
@@ -298,7 +299,7 @@ async fn keep_or_close(
         }
     }
     let io = Prefixed::new(unread, stream);
-    let conn = http1(io, serving, settings, &Arc::new(Exchange::closing()), peer);
+    let conn = http1(io, settings, &Arc::new(Exchange::closing(serving)), peer);
     let _ = close_gently(conn, settings).await;
 }
 
@@ -314,15 +315,9 @@ async fn close_gently(mut conn: Http1, settings: &Generation) -> hyper::Result<(
     }
 }
 
-/// hyper's HTTP/1 connection over `io`, answering with `serving`.
-fn http1(
-    io: Prefixed,
-    serving: &Arc<Serving>,
-    settings: &Generation,
-    exchange: &Arc<Exchange>,
-    peer: &Peer,
-) -> Http1 {
-    let handler = Handler::new(serving, exchange, peer);
+/// hyper's HTTP/1 connection over `io`, with `settings`, answering for `exchange`.
+fn http1(io: Prefixed, settings: &Generation, exchange: &Arc<Exchange>, peer: &Peer) -> Http1 {
+    let handler = Handler::new(exchange, peer);
     // Each connection gets its own timer for hyper's header-read timeout (see `timer`).
     let mut builder = settings.http1.clone();
     builder.timer(ConnectionTimer::default());
@@ -331,8 +326,10 @@ fn http1(
 
 /// A connection's requests as the drain sees them: how many are in progress, whether the
 /// connection could be reused, and whether the drain keeps or closes it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Exchange {
+    /// What the connection is served with.
+    serving: Arc<Serving>,
     /// Requests whose response has not been handed to hyper yet.
     in_flight: AtomicUsize,
     /// Requests started so far.
@@ -354,9 +351,21 @@ const KEEP: u8 = 1;
 const CLOSE: u8 = 2;
 
 impl Exchange {
+    /// The exchange of a new connection.
+    fn new(serving: &Arc<Serving>) -> Self {
+        Exchange {
+            serving: serving.clone(),
+            in_flight: AtomicUsize::new(0),
+            started: AtomicU64::new(0),
+            fate: AtomicU8::new(OPEN),
+            not_reusable: AtomicBool::new(false),
+            idle: Notify::new(),
+        }
+    }
+
     /// An exchange the drain already decided to close.
-    fn closing() -> Self {
-        let exchange = Exchange::default();
+    fn closing(serving: &Arc<Serving>) -> Self {
+        let exchange = Exchange::new(serving);
         exchange.fate.store(CLOSE, Ordering::Release);
         exchange
     }
@@ -364,7 +373,8 @@ impl Exchange {
     /// Whether the drain keeps this connection, decided on first asking: by the connection
     /// when it sees the drain start, or by a response that goes out before that (the drain
     /// flag is set first). Keeping takes a place in the store, returned with it.
-    fn keeps(&self, serving: &Serving) -> Option<Arc<Store>> {
+    fn keeps(&self) -> Option<Arc<Store>> {
+        let serving = &self.serving;
         if self.fate.load(Ordering::Acquire) == OPEN {
             let placed = place_in_store(serving);
             let fate = self.decide(if placed { KEEP } else { CLOSE });
@@ -376,9 +386,9 @@ impl Exchange {
     }
 
     /// The connection ended on its own: a place a response took for it goes back.
-    fn ended(&self, serving: &Serving) {
+    fn ended(&self) {
         if self.fate.load(Ordering::Acquire) == KEEP {
-            serving.store.release();
+            self.serving.store.release();
         }
     }
 
@@ -395,9 +405,9 @@ impl Exchange {
 
     /// Whether a response going out now must carry `Connection: close`: during the drain,
     /// unless the connection is kept.
-    fn closes(&self, serving: &Serving) -> bool {
+    fn closes(&self) -> bool {
         // A place taken here is held until the connection task uses or returns it.
-        serving.shared.draining() && self.keeps(serving).is_none()
+        self.serving.shared.draining() && self.keeps().is_none()
     }
 
     fn in_flight(&self) -> usize {
@@ -437,26 +447,24 @@ impl Drop for InFlight {
 }
 
 /// Answers a connection's requests: the built-in routes, then the application's router.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Handler {
-    serving: Arc<Serving>,
     exchange: Arc<Exchange>,
     peer: Peer,
+    /// The generation this connection serves with, followed to the live one per request. A
+    /// `RefCell`, as hyper calls the handler through `&self`, from the connection's task only.
+    current: RefCell<Current>,
 }
 
 impl Handler {
-    fn new(serving: &Arc<Serving>, exchange: &Arc<Exchange>, peer: &Peer) -> Self {
+    fn new(exchange: &Arc<Exchange>, peer: &Peer) -> Self {
         Handler {
-            serving: serving.clone(),
+            current: RefCell::new(Current::new(exchange.serving.live.load_full())),
             exchange: exchange.clone(),
             peer: peer.clone(),
         }
     }
 }
-
-/// A response on its way. Boxed, because hyper can hand an HTTP/1 socket back only when the
-/// service and its futures are `Unpin`.
-type Responding = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
 impl hyper::service::Service<hyper::Request<Incoming>> for Handler {
     type Response = Response;
@@ -469,47 +477,93 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Handler {
         if version <= Version::HTTP_11 && !keeps_alive(&request) {
             self.exchange.not_reusable();
         }
-        let current = self.serving.live.load_full();
-        let serving = self.serving.clone();
+        let serving = &self.exchange.serving;
         // Per-request logging costs allocations; pay for them only when it is on.
-        let logged = tracing::enabled!(tracing::Level::DEBUG).then(|| {
-            let path = request.uri().path().to_owned();
-            (
-                Instant::now(),
-                request.method().clone(),
-                path,
-                self.peer.clone(),
-            )
+        let logged = tracing::enabled!(tracing::Level::DEBUG).then(|| Logged {
+            started: Instant::now(),
+            method: request.method().clone(),
+            path: request.uri().path().to_owned(),
+            peer: self.peer.clone(),
         });
-        // Routed before boxing, so the box holds the router's future and not a copy of the
-        // request beside it.
+        let mut current = self.current.borrow_mut();
+        current.follow(&serving.live);
         let routed = match routes::builtin(&request, &serving.shared) {
             Some(response) => Routed::answered(response),
             None => current.route(request.map(|body| Tracked::body(body, &self.exchange))),
         };
-        Box::pin(async move {
-            let mut response = routed.await;
-            let exchange = &in_flight.0;
-            let shared = &serving.shared;
-            let close = version <= Version::HTTP_11 && exchange.closes(&serving);
-            routes::finish(&mut response, shared, &current.header, close);
-            if version <= Version::HTTP_11 && has_close(response.headers().get(header::CONNECTION))
-            {
-                exchange.not_reusable();
-            }
-            drop(in_flight);
-            if let Some((started, method, path, peer)) = logged {
-                tracing::debug!(
-                    peer = &*peer.0,
-                    %method,
-                    path,
-                    status = response.status().as_u16(),
-                    elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-                    "request"
-                );
-            }
-            Ok(response)
-        })
+        Responding {
+            routed,
+            version,
+            then: Some(Then {
+                in_flight,
+                header: current.header(),
+                logged,
+            }),
+        }
+    }
+}
+
+/// A response on its way: the route's answer, then what the server does to every response.
+///
+/// A future of its own rather than a boxed `async` block: hyper can hand an HTTP/1 socket
+/// back only when the handler's futures are `Unpin`, and a box per request (with a copy of
+/// the future into it) is what the `async` block would need for that.
+struct Responding {
+    routed: Routed,
+    version: Version,
+    /// Taken when the response is ready.
+    then: Option<Then>,
+}
+
+/// What a response needs once it is ready.
+struct Then {
+    in_flight: InFlight,
+    /// `x-config-generation`.
+    header: HeaderValue,
+    logged: Option<Logged>,
+}
+
+/// What the per-request debug line says, kept only while it is enabled.
+struct Logged {
+    started: Instant,
+    method: Method,
+    path: String,
+    peer: Peer,
+}
+
+impl Future for Responding {
+    type Output = Result<Response, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut response = ready!(Pin::new(&mut self.routed).poll(cx));
+        let Some(Then {
+            in_flight,
+            header: generation,
+            logged,
+        }) = self.then.take()
+        else {
+            // Polled again after `Ready`: a caller's bug, answered like `Routed` answers it.
+            return Poll::Ready(Ok(response));
+        };
+        let exchange = &in_flight.0;
+        let http1 = self.version <= Version::HTTP_11;
+        let close = http1 && exchange.closes();
+        routes::finish(&mut response, &exchange.serving.shared, generation, close);
+        if http1 && has_close(response.headers().get(header::CONNECTION)) {
+            exchange.not_reusable();
+        }
+        drop(in_flight);
+        if let Some(logged) = logged {
+            tracing::debug!(
+                peer = &*logged.peer.0,
+                method = %logged.method,
+                path = logged.path,
+                status = response.status().as_u16(),
+                elapsed_us = u64::try_from(logged.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                "request"
+            );
+        }
+        Poll::Ready(Ok(response))
     }
 }
 

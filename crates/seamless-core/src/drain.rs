@@ -7,6 +7,9 @@
 //!
 //! What a connection does once the drain begins lives in `server`; this module only coordinates.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -79,16 +82,71 @@ impl Default for Drain {
 }
 
 impl Watch {
-    /// Resolves once the drain has started (at once if it already has).
-    pub(crate) async fn started(&mut self) {
-        // An error means the coordinator is gone, which also means "stop".
-        let _ = self.started_rx.wait_for(|started| *started).await;
+    /// Resolves once the drain has started (at once if it already has), or the coordinator
+    /// is gone, which also means "stop". Made once and polled on every wake-up of its task
+    /// (see [`Started`]).
+    pub(crate) fn started(&self) -> Started<'_> {
+        let mut rx = self.started_rx.clone();
+        Started {
+            version: &self.started_rx,
+            wait: Box::pin(async move {
+                let _ = rx.wait_for(|started| *started).await;
+            }),
+            registered: None,
+            done: false,
+        }
     }
 
     /// Whether the drain has started, without waiting.
     #[cfg(test)]
     fn is_started(&self) -> bool {
         *self.started_rx.borrow()
+    }
+}
+
+/// The future of [`Watch::started`].
+///
+/// A connection task polls it every time the task wakes up, which for a keep-alive connection
+/// is once per request. tokio's wait takes the channel's lock on every poll (to compare
+/// wakers), and that lock is shared by every connection: on a machine with several cores its
+/// cache line then moves between them on every request. So this polls tokio's wait only when
+/// it must — on the first poll, when the task's waker changed, or once the channel's version
+/// moved — and otherwise only reads the version, one atomic load of a line nobody writes until
+/// the drain starts.
+pub(crate) struct Started<'a> {
+    /// Where the version is read; the receiver the wait uses is a clone.
+    version: &'a watch::Receiver<bool>,
+    /// tokio's wait for `true`.
+    wait: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// The waker `wait` was last polled with: the one the drain will wake.
+    registered: Option<Waker>,
+    /// Set once `wait` is ready: it must not be polled again.
+    done: bool,
+}
+
+impl Future for Started<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(());
+        }
+        // Changed, or closed (an error): either way, the wait has news.
+        let quiet = matches!(this.version.has_changed(), Ok(false));
+        if quiet
+            && this
+                .registered
+                .as_ref()
+                .is_some_and(|waker| waker.will_wake(cx.waker()))
+        {
+            // The wait holds a waker for this task already: the drain will wake it.
+            return Poll::Pending;
+        }
+        this.registered = Some(cx.waker().clone());
+        let polled = this.wait.as_mut().poll(cx);
+        this.done = polled.is_ready();
+        polled
     }
 }
 
@@ -107,7 +165,7 @@ mod tests {
     #[test]
     fn watchers_see_the_start() {
         let drain = Drain::new();
-        let mut watch = drain.watch().expect("before finish");
+        let watch = drain.watch().expect("before finish");
         assert!(!watch.is_started());
         {
             let started = pin!(watch.started());
@@ -118,8 +176,54 @@ mod tests {
         }
         assert!(watch.is_started());
         // Once started, it stays started for late observers too.
-        let mut late = drain.watch().expect("before finish");
+        let late = drain.watch().expect("before finish");
         assert!(poll_once(pin!(late.started())).is_ready());
+    }
+
+    /// A waker that counts its wake-ups.
+    #[derive(Default)]
+    struct Counting(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Counting {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn the_start_wakes_the_task_that_polled_last() {
+        let drain = Drain::new();
+        let watch = drain.watch().expect("before finish");
+        let mut started = watch.started();
+        let (first, second) = (
+            std::sync::Arc::new(Counting::default()),
+            std::sync::Arc::new(Counting::default()),
+        );
+        let (first_waker, second_waker) = (Waker::from(first.clone()), Waker::from(second.clone()));
+        for _ in 0..3 {
+            let polled = Pin::new(&mut started).poll(&mut Context::from_waker(&first_waker));
+            assert!(polled.is_pending());
+        }
+        // Moved to another task: that one must be woken, not the first.
+        let polled = Pin::new(&mut started).poll(&mut Context::from_waker(&second_waker));
+        assert!(polled.is_pending());
+        drain.start();
+        assert_eq!(second.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(first.0.load(std::sync::atomic::Ordering::SeqCst), 0);
+        let polled = Pin::new(&mut started).poll(&mut Context::from_waker(&second_waker));
+        assert!(polled.is_ready());
+        // Ready for good, however often it is asked.
+        assert!(poll_once(Pin::new(&mut started)).is_ready());
+    }
+
+    #[test]
+    fn a_gone_coordinator_means_stop() {
+        let drain = Drain::new();
+        let watch = drain.watch().expect("before finish");
+        let mut started = watch.started();
+        assert!(poll_once(Pin::new(&mut started)).is_pending());
+        drop(drain);
+        assert!(poll_once(Pin::new(&mut started)).is_ready());
     }
 
     #[tokio::test(start_paused = true)]

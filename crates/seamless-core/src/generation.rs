@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use arc_swap::{ArcSwap, Guard};
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderValue, Request, StatusCode, header};
@@ -29,10 +30,8 @@ pub(crate) struct Generation {
     pub(crate) config: Config,
     /// Its number: 1 at start, +1 per applied reload.
     pub(crate) number: u64,
-    /// The application's router; [`Generation::route`] adds the protections every request gets.
+    /// The application's router; [`Current::route`] adds the protections every request gets.
     router: Router,
-    /// `x-config-generation` for every response.
-    pub(crate) header: HeaderValue,
     /// HTTP/1 connection settings (timeouts, header limits).
     pub(crate) http1: http1::Builder,
     /// HTTP/2 connection settings (header limits).
@@ -57,12 +56,58 @@ impl Generation {
         Generation {
             config,
             number,
-            router,
-            header: HeaderValue::from(number),
+            // A handler added to a router that never got `with_state` is turned into a route
+            // anew for every request it answers (boxed, and cloned with it); done here, once
+            // per generation, whatever the application returned.
+            router: router.with_state(()),
             http1,
             http2,
             tls,
         }
+    }
+}
+
+/// The live generation as one connection holds it, with its own copies of what every request
+/// uses.
+///
+/// Copies, because a clone of an `Arc` (the router) or of a `Bytes` (the header value) shares
+/// one reference count with every other clone: incremented and decremented for each request
+/// by connections on every core, that count's cache line moves between the cores on every
+/// request. A connection's copies are touched by that connection alone.
+#[derive(Debug)]
+pub(crate) struct Current {
+    /// The generation the copies come from.
+    generation: Arc<Generation>,
+    /// The generation's router, cloned once for this connection: routing needs `&mut`.
+    router: Router,
+    /// `x-config-generation`, made anew rather than cloned (see above).
+    header: HeaderValue,
+}
+
+impl Current {
+    /// The copies of `generation`.
+    pub(crate) fn new(generation: Arc<Generation>) -> Self {
+        Current {
+            router: generation.router.clone(),
+            header: HeaderValue::from(generation.number),
+            generation,
+        }
+    }
+
+    /// Moves to the generation `live` serves, if a reload replaced it since the last request.
+    /// Reading `live` takes no shared reference count (`arc-swap` lends the pointer through a
+    /// slot of this thread's own), so a request that finds nothing changed touches no shared
+    /// cache line.
+    pub(crate) fn follow(&mut self, live: &ArcSwap<Generation>) {
+        let live = live.load();
+        if !Arc::ptr_eq(&live, &self.generation) {
+            *self = Current::new(Guard::into_inner(live));
+        }
+    }
+
+    /// The value of `x-config-generation`.
+    pub(crate) fn header(&self) -> HeaderValue {
+        self.header.clone()
     }
 
     /// Answers `request` with the application's router, under the protections no router it
@@ -73,14 +118,15 @@ impl Generation {
     /// The same as tower-http's `RequestBodyLimitLayer` and `TimeoutLayer`, done here rather
     /// than as router layers: layers wrap every route, and each request then pays for cloning
     /// and boxing the layered services, which bare-axum throughput comparisons notice. The
-    /// returned future owns what it needs and holds the router's future once, so the
-    /// connection's boxed response future stays small (see [`Routed`]).
-    pub(crate) fn route(&self, request: Request<Body>) -> Routed {
+    /// returned future owns what it needs and holds the router's future once, so the future
+    /// hyper keeps for each request stays small (see [`Routed`]).
+    pub(crate) fn route(&mut self, request: Request<Body>) -> Routed {
+        let http = &self.generation.config.http;
         // Only a body that is there needs its length checked and watched.
         let request = if request.body().is_end_stream() {
             request
         } else {
-            let limit = self.config.http.max_body_bytes;
+            let limit = http.max_body_bytes;
             let declared = request
                 .headers()
                 .get(header::CONTENT_LENGTH)
@@ -91,11 +137,10 @@ impl Generation {
             request.map(|body| Body::new(Limited::new(body, limit)))
         };
         // axum's router is always ready (`poll_ready` has nothing to wait for), so it is
-        // called directly; cloning it clones an `Arc`.
-        let mut router = self.router.clone();
+        // called directly.
         Routed::Routing {
-            answer: router.call(request),
-            limit: self.config.http.request_timeout,
+            answer: self.router.call(request),
+            limit: http.request_timeout,
             timer: None,
         }
     }
@@ -106,9 +151,10 @@ pin_project_lite::pin_project! {
     /// by `408` when not ready within `http.request_timeout`.
     ///
     /// Written out rather than as an `async fn`: an `async fn` keeps the request, the router's
-    /// future and the timer each in a slot of its own, and the connection boxes the result
-    /// for every request: past about 1 KiB the allocator leaves its fast path and the copy
-    /// into the box grows with it, which bare-axum throughput comparisons notice.
+    /// future and the timer each in a slot of its own, and hyper copies the future into its
+    /// connection's slot for every request; the copy grows with it, which bare-axum throughput
+    /// comparisons notice. Written out, it is also `Unpin`, which hyper needs to hand an
+    /// HTTP/1 socket back (see `connection`).
     #[project = RoutedProjection]
     pub(crate) enum Routed {
         /// Answered without the router.
@@ -184,9 +230,9 @@ mod tests {
     use axum::http::{Request, header};
     use std::time::Duration;
 
-    fn generation(config: Config) -> Generation {
+    fn current(config: Config) -> Current {
         let router = TestApp::router(&Arc::new(Routers::default()), &TestConfig::default());
-        Generation::new(config, 1, router, None)
+        Current::new(Arc::new(Generation::new(config, 1, router, None)))
     }
 
     #[tokio::test(start_paused = true)]
@@ -194,7 +240,7 @@ mod tests {
         let mut config = Config::default();
         config.http.request_timeout = Duration::from_millis(50);
         let request = Request::get("/sleep").body(Body::empty()).expect("request");
-        let response = generation(config).route(request).await;
+        let response = current(config).route(request).await;
         assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
     }
 
@@ -206,7 +252,7 @@ mod tests {
             .header(header::CONTENT_LENGTH, "100")
             .body(Body::from(vec![b'x'; 100]))
             .expect("request");
-        let response = generation(config).route(request).await;
+        let response = current(config).route(request).await;
         assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
     }
 }

@@ -131,12 +131,12 @@ static CONFIG_GENERATION: HeaderName = HeaderName::from_static("x-config-generat
 pub(crate) fn finish(
     response: &mut Response,
     shared: &Shared,
-    generation: &HeaderValue,
+    generation: HeaderValue,
     close: bool,
 ) {
     shared.metrics.response(response.status().as_u16());
     let headers = response.headers_mut();
-    headers.insert(CONFIG_GENERATION.clone(), generation.clone());
+    headers.insert(CONFIG_GENERATION.clone(), generation);
     if close {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
@@ -192,7 +192,7 @@ mod tests {
         let shared = shared();
         let generation = HeaderValue::from(7);
         let mut response = ([(header::CONNECTION, "keep-alive")], "app").into_response();
-        finish(&mut response, &shared, &generation, false);
+        finish(&mut response, &shared, generation.clone(), false);
         assert_eq!(response.headers()["x-config-generation"], "7");
         assert_eq!(response.headers()[header::CONNECTION], "keep-alive");
 
@@ -200,7 +200,7 @@ mod tests {
         let ready = builtin(&get("/readyz"), &shared).expect("builtin");
         assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
         let mut response = ([(header::CONNECTION, "keep-alive")], "app").into_response();
-        finish(&mut response, &shared, &generation, true);
+        finish(&mut response, &shared, generation.clone(), true);
         assert_eq!(response.headers()[header::CONNECTION], "close");
     }
 
@@ -213,7 +213,7 @@ mod tests {
         assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(body(ready).await, "stopping\n");
         let mut response = "app".into_response();
-        finish(&mut response, &shared, &generation, false);
+        finish(&mut response, &shared, generation.clone(), false);
         assert!(response.headers().get(header::CONNECTION).is_none());
         let metrics = builtin(&get("/metrics"), &shared).expect("builtin");
         assert!(body(metrics).await.contains("example_announcing 1"));

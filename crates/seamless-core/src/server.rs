@@ -667,15 +667,13 @@ enum Security {
 }
 
 /// Accepts connections until the drain starts, then drops the listener.
-async fn accept_loop(
-    listener: Listener,
-    security: Security,
-    serving: Arc<Serving>,
-    mut watch: Watch,
-) {
+async fn accept_loop(listener: Listener, security: Security, serving: Arc<Serving>, watch: Watch) {
+    // One wait for the whole loop: made anew for every accept, it would join and leave the
+    // drain's waiter list (under its lock) once per connection.
+    let mut started = watch.started();
     loop {
         let accepted = tokio::select! {
-            () = watch.started() => return,
+            () = &mut started => return,
             accepted = accept(&listener) => accepted,
         };
         let (stream, peer) = match accepted {
