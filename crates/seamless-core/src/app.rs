@@ -75,5 +75,9 @@ pub trait App: Send + Sync + 'static {
     ///
     /// The library wraps it with the request timeout and body limit (`http.*`) and serves the
     /// built-in routes before it; those paths never reach this router.
+    ///
+    /// Per request, axum clones the handler that answers, with its state. On the hot path,
+    /// prefer handlers whose state is not shared between connections (an `Arc` clone per
+    /// request moves its count's cache line between cores), as the demo's `GET /` does.
     fn router(state: &Arc<Self::State>, config: &Self::Config) -> Router;
 }

@@ -4,7 +4,7 @@
 //! filled once at start — the service's families here, the application's in
 //! [`App::state`](crate::App::state) — and only read afterwards. Every metric handle the
 //! request path touches is created up front, so a request costs one relaxed atomic addition,
-//! on a cache line of its thread's own (see [`Sharded`]), and no lookups.
+//! on a cache line of its thread's own (`Sharded`), and no lookups.
 //!
 //! Names carry the application's prefix ([`Identity::metric_prefix`](crate::Identity)):
 //! `orders_api_http_responses_total{class="2xx"}`.
