@@ -89,9 +89,12 @@ impl Watch {
         let mut rx = self.started_rx.clone();
         Started {
             version: &self.started_rx,
-            wait: Box::pin(async move {
+            // Outside tokio's cooperative budget: a task that spent its budget (a busy
+            // connection can) would otherwise get `Pending` from the wait without its waker
+            // registered, and `Started` would then never poll the wait again.
+            wait: Box::pin(tokio::task::coop::unconstrained(async move {
                 let _ = rx.wait_for(|started| *started).await;
-            }),
+            })),
             registered: None,
             done: false,
         }
@@ -113,6 +116,10 @@ impl Watch {
 /// it must — on the first poll, when the task's waker changed, or once the channel's version
 /// moved — and otherwise only reads the version, one atomic load of a line nobody writes until
 /// the drain starts.
+///
+/// That rests on two facts. When the wait returns `Pending`, it holds the waker: true because
+/// it runs outside tokio's cooperative budget (see [`Watch::started`]). And the version moves
+/// when the drain starts: true because nothing marks the watch's own receiver as seen.
 pub(crate) struct Started<'a> {
     /// Where the version is read; the receiver the wait uses is a clone.
     version: &'a watch::Receiver<bool>,
@@ -214,6 +221,37 @@ mod tests {
         assert!(polled.is_ready());
         // Ready for good, however often it is asked.
         assert!(poll_once(Pin::new(&mut started)).is_ready());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_task_that_spent_its_budget_still_sees_the_start() {
+        let drain = Drain::new();
+        let watch = drain.watch().expect("before finish");
+        let waiter = tokio::spawn(async move {
+            let mut started = pin!(watch.started());
+            let mut first = true;
+            std::future::poll_fn(|cx| {
+                // A busy connection may reach its first wait with tokio's budget spent.
+                while first {
+                    match tokio::task::coop::poll_proceed(cx) {
+                        Poll::Ready(restore) => restore.made_progress(),
+                        Poll::Pending => first = false,
+                    }
+                }
+                started.as_mut().poll(cx)
+            })
+            .await;
+        });
+        // Let the waiter poll until it waits for good.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        drain.start();
+        // Time is paused: with nobody left to wake the waiter, the clock jumps to the limit.
+        tokio::time::timeout(Duration::from_secs(60), waiter)
+            .await
+            .expect("the start woke the waiter")
+            .expect("the waiter did not panic");
     }
 
     #[test]
