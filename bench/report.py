@@ -457,6 +457,7 @@ def throughput_rows(data):
     """Rows per distribution, and the seamless ÷ bare axum ratios (median over cycles)."""
     rows = []
     ratios = []
+    counts = set()
     for dist, d in data["dists"].items():
         tp = d["throughput"]
         if not tp.get("seamless") or not tp.get("naive"):
@@ -466,6 +467,7 @@ def throughput_rows(data):
         cycles = sorted(set(per_cycle["seamless"]) & set(per_cycle["naive"]))
         if not cycles:
             continue
+        counts.add(len(cycles))
         failed = sum(r["failed"] for rounds in per_cycle.values() for r in rounds.values())
         f = d["footprint"]
         for server, title in (("seamless", "seamless (packaged unit)"), ("nosandbox", "seamless, no sandbox"), ("naive", "bare axum")):
@@ -490,7 +492,7 @@ def throughput_rows(data):
                 ]
             )
         rows.append([dist, "host load average before → after", f"{f.get('loadavg_before', '–')} → {f.get('loadavg_after', '–')}", "", "", "", "", ""])
-    return rows, ratios
+    return rows, ratios, " or ".join(str(n) for n in sorted(counts))
 
 
 def startup_rows(data):
@@ -667,7 +669,7 @@ def targets(data, conns):
             ]
         )
 
-    _, ratios = throughput_rows(data)
+    _, ratios, _ = throughput_rows(data)
     if ratios:
         rows.append(
             [
@@ -978,7 +980,7 @@ def render(res, out_path):
         add("")
         add(headline(data, conns))
         add("")
-    tp_rows, ratios = throughput_rows(data)
+    tp_rows, ratios, tp_cycles = throughput_rows(data)
     ready = data.get("ready")
     bullets = []
     if ratios:
@@ -1093,7 +1095,7 @@ def render(res, out_path):
         add("")
         add(
             f"Hello world (`GET /`, the same 21-byte body), keep-alive, {conns} connections, 3 s per "
-            "round; four cycles of one round per server, in alternating order (A B C, C B A, …), and "
+            f"round; {tp_cycles} cycles of one round per server, in alternating order (A B C, C B A, …), and "
             "each ratio is taken within a cycle, then the median over cycles, so that other work on the "
             "machine, which comes and goes, weighs on all servers alike. All three are socket-activated "
             "under systemd in the same container. “No sandbox” is the packaged binary under a unit with only `DynamicUser=` "

@@ -14,7 +14,7 @@
 #
 # Usage:
 #   bench/run.sh [--short | --fleet-only] [--dist bookworm|trixie|all] [--no-build]
-#                [--only SCENARIO[,SCENARIO...]]
+#                [--only SCENARIO[,SCENARIO...]] [--cycles N]
 #
 #   --short     CI mode: few events (restart x3, reload x3, upgrade x2,
 #               package upgrade x1, SIGHUP x100), one distribution (trixie
@@ -33,6 +33,8 @@
 #               without the prefix, e.g. restart), with the counts
 #               of a full run (or of --short); no fleet, no host start-up
 #               timing; the report goes to bench/results/only/
+#   --cycles    throughput cycles (default 4); more give a median that moves
+#               less with the machine's other work
 #
 # Output: "ok - ..." / "FAIL - ..." per correctness check (0 failed requests
 # in each seamless restart/reload/upgrade/package-upgrade/SIGHUP scenario,
@@ -69,7 +71,7 @@ readonly MIN_OK=200
 readonly CONFIG=/etc/seamless/seamless.toml
 readonly DEFAULT_MESSAGE='Hello from seamless!\n'
 
-SHORT=0 FLEET_ONLY=0 BUILD=1 DISTS=() ARGS_TEXT='' DEB='' ONLY=''
+SHORT=0 FLEET_ONLY=0 BUILD=1 DISTS=() ARGS_TEXT='' DEB='' ONLY='' CYCLES=4
 RES='' CHECKS='' DIST='' CT='' DIR='' STEPS=()
 LOAD_PID='' CUR='' STEP_PID='' WATCHDOG_PID='' SUMMARY_PRINTED=0
 
@@ -95,11 +97,13 @@ parse_args() {
 		--no-build) BUILD=0; shift ;;
 		--dist) dist=${2:?}; shift 2 ;;
 		--only) ONLY=${2:?}; shift 2 ;;
+		--cycles) CYCLES=${2:?}; shift 2 ;;
 		-h | --help) usage ;;
 		*) die "unknown argument: $1 (see --help)" ;;
 		esac
 	done
 	((SHORT + FLEET_ONLY < 2)) || die "--short and --fleet-only exclude each other"
+	[[ $CYCLES =~ ^[1-9][0-9]*$ ]] || die "--cycles: a positive number, not $CYCLES"
 	[[ -z $ONLY ]] || ((FLEET_ONLY == 0)) || die "--only and --fleet-only exclude each other"
 	local name
 	for name in ${ONLY//,/ }; do
@@ -774,9 +778,9 @@ scenario_startup() {
 }
 
 # Hello-world throughput: seamless as packaged, seamless without the sandbox,
-# bare axum. Four cycles of one short round each, alternating the order
-# (A B C, C B A, ...): the report compares servers within a cycle, so that
-# other work on the machine, which comes and goes, hits all of them alike.
+# bare axum. --cycles cycles (4) of one short round each, alternating the
+# order (A B C, C B A, ...): the report compares servers within a cycle, so
+# that other work on the machine, which comes and goes, hits all of them alike.
 scenario_throughput() {
 	set_message "$DEFAULT_MESSAGE"
 	in_ct systemctl reload seamless.service
@@ -786,7 +790,7 @@ scenario_throughput() {
 		echo "naive_idle_kib=$(idle_rss naive.service "$NAIVE_ADDR")"
 	} >"$DIR/footprint.txt"
 	local cycle order server unit addr round
-	for cycle in 1 2 3 4; do
+	for ((cycle = 1; cycle <= CYCLES; cycle++)); do
 		order=(seamless nosandbox naive)
 		((cycle % 2)) || order=(naive nosandbox seamless)
 		for server in "${order[@]}"; do
